@@ -1,0 +1,1 @@
+//! taskstream operator: reconciles `TaskStream` resources (group `taskstream.dev`).
