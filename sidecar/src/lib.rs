@@ -1,1 +1,162 @@
-//! taskstream sidecar.
+//! taskstream sidecar: terminates WebSockets on the task path, relays the events the app
+//! publishes to Redis to the right clients, and proxies every other request to the app.
+//!
+//! ```text
+//! browser --ws--> [server] --upgrade--> [session] <--bounded queue-- [hub] <-- [redis source] <-- Redis
+//! browser --http-> [server] ---------> [proxy] ---------------------------------> app (localhost)
+//! ```
+
+pub mod admin;
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod hub;
+pub mod metrics;
+pub mod proxy;
+pub mod redis;
+pub mod server;
+pub mod session;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::admin::Admin;
+use crate::auth::Authenticator;
+use crate::broker::Broker;
+use crate::config::{AuthConfig, BrokerConfig, Config};
+use crate::error::{ConfigError, Error, Result};
+use crate::health::Health;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::proxy::Upstream;
+use crate::redis::RedisBroker;
+use crate::server::Shared;
+
+/// Addresses the sidecar actually listens on (useful when configured with port 0).
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Runs the sidecar until `stop` resolves, then shuts down gracefully:
+/// `/readyz` turns 503, listeners close, clients get close 1001, in-flight proxied requests
+/// finish within `--shutdown-grace`. `on_bound` is told the bound addresses once listening.
+pub async fn run(
+    config: Config,
+    stop: impl Future<Output = ()>,
+    on_bound: impl FnOnce(Bound),
+) -> Result<()> {
+    let metrics = Metrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let health = Arc::new(Health::default());
+    let hub = Hub::new(
+        config.send_queue,
+        matches!(config.broker, BrokerConfig::Memory),
+        metrics.clone(),
+    );
+    let upstream = Upstream::new(config.upstream.clone(), metrics.clone());
+    let auth = Authenticator::new(&config.auth, upstream.clone())?;
+    if matches!(config.auth, AuthConfig::None) {
+        warn!("--auth none: any client may join any group it names; use only for local development");
+    }
+
+    let public = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Bind { what: "--listen", addr: config.listen, source })?;
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|source| Error::Bind { what: "--admin-listen", addr: config.admin_listen, source })?;
+    let bound = Bound {
+        public: public.local_addr().map_err(|source| Error::Bind { what: "--listen", addr: config.listen, source })?,
+        admin: admin_listener.local_addr().map_err(|source| Error::Bind { what: "--admin-listen", addr: config.admin_listen, source })?,
+    };
+
+    let broker_stop = CancellationToken::new();
+    let broker_task = match &config.broker {
+        BrokerConfig::Memory => {
+            health.set_broker_up(true);
+            metrics.broker_up.set(1);
+            None
+        }
+        BrokerConfig::Redis { url, channel_prefix } => {
+            let redis = Arc::new(
+                RedisBroker::new(url, channel_prefix.clone())
+                    .map_err(|e| ConfigError::new("--redis-url", format!("invalid: {e}")))?,
+            );
+            let task = tokio::spawn(redis.clone().run(
+                hub.clone(),
+                health.clone(),
+                metrics.clone(),
+                broker_stop.clone(),
+            ));
+            Some((redis, task))
+        }
+    };
+    let broker = match &broker_task {
+        Some((redis, _)) => Broker::Redis(redis.clone()),
+        None => Broker::Memory(hub.clone()),
+    };
+
+    let admin_stop = CancellationToken::new();
+    let admin = Arc::new(Admin { health: health.clone(), registry, broker });
+    let admin_task = tokio::spawn(admin::serve(admin_listener, admin, admin_stop.clone()));
+
+    let shared = Arc::new(Shared {
+        slots: Arc::new(Semaphore::new(config.max_connections)),
+        config,
+        hub,
+        auth,
+        upstream,
+        metrics,
+        health: health.clone(),
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+    });
+    info!(public = %bound.public, admin = %bound.admin, upstream = %shared.config.upstream, ws_path = %shared.config.ws_path, "taskstream sidecar listening");
+    on_bound(bound);
+
+    let server = tokio::spawn(server::serve(public, shared.clone()));
+    stop.await;
+
+    info!(grace = ?shared.config.shutdown_grace, "shutting down: readyz 503, closing clients with 1001, draining requests");
+    health.set_shutting_down();
+    shared.shutdown.cancel();
+    let _ = server.await;
+    shared.tasks.close();
+    if tokio::time::timeout(shared.config.shutdown_grace, shared.tasks.wait()).await.is_err() {
+        warn!(left = shared.tasks.len(), "shutdown grace ran out; dropping remaining connections");
+    }
+    broker_stop.cancel();
+    if let Some((_, task)) = broker_task {
+        let _ = task.await;
+    }
+    admin_stop.cancel();
+    let _ = admin_task.await;
+    info!("sidecar stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() -> Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(Error::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = int.recv() => info!("SIGINT received"),
+        }
+    })
+}

@@ -1,0 +1,455 @@
+//! Command-line and environment configuration of the sidecar.
+//!
+//! Every flag has a `TASKSTREAM_*` environment variable; these names are a user-facing contract
+//! (the operator sets them on the sidecar container). [`Args`] is what clap parses; [`Config`] is
+//! the validated form the rest of the crate uses, so nothing downstream re-checks a flag.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use http::Uri;
+
+use crate::error::ConfigError;
+
+/// How WebSocket clients are authenticated and given their groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// A JWT from `?token=` or `Authorization: Bearer`.
+    Jwt,
+    /// Ask the app (`GET <upstream><auth-path>`) with the client's cookies.
+    Forward,
+    /// No authentication: groups come from `?groups=` (local development only).
+    None,
+}
+
+/// Where events come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BrokerKind {
+    /// Redis pub/sub: `PUBLISH <prefix><group> <payload>`.
+    Redis,
+    /// In-process only (local mode): events come from `POST /publish/<group>` on the admin port.
+    Memory,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Flags of `taskstream-sidecar`. Durations accept `500ms`, `20s`, `5m` or plain seconds.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "taskstream-sidecar", version, about)]
+pub struct Args {
+    /// Public address: WebSocket clients and proxied app traffic.
+    #[arg(long, env = "TASKSTREAM_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Admin address: /healthz, /readyz, /metrics, POST /publish/<group>. Keep it inside the pod.
+    #[arg(long, env = "TASKSTREAM_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+
+    /// The app every non-WebSocket request is proxied to.
+    #[arg(long, env = "TASKSTREAM_UPSTREAM", default_value = "http://127.0.0.1:8000")]
+    pub upstream: String,
+
+    /// Path the sidecar terminates WebSockets on (exact match; a trailing slash is optional).
+    #[arg(long, env = "TASKSTREAM_WS_PATH", default_value = "/ws/tasks/")]
+    pub ws_path: String,
+
+    /// Event source.
+    #[arg(long, env = "TASKSTREAM_BROKER", value_enum, default_value = "redis")]
+    pub broker: BrokerKind,
+
+    /// Redis URL (`redis://[:password@]host:port[/db]`); required with `--broker redis`.
+    #[arg(long, env = "TASKSTREAM_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of the Redis channel of each group: events for group G are published on `<prefix>G`.
+    #[arg(long, env = "TASKSTREAM_CHANNEL_PREFIX", default_value = "taskstream:")]
+    pub channel_prefix: String,
+
+    /// Authentication mode; there is no default, so the sidecar is never silently open.
+    #[arg(long, env = "TASKSTREAM_AUTH", value_enum)]
+    pub auth: AuthMode,
+
+    /// HS256 secret for `--auth jwt`.
+    #[arg(long, env = "TASKSTREAM_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// File holding the HS256 secret for `--auth jwt` (trailing newline ignored).
+    #[arg(long, env = "TASKSTREAM_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// PEM public key (RSA -> RS256, EC P-256 -> ES256) for `--auth jwt`.
+    #[arg(long, env = "TASKSTREAM_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// JWT claim holding the client's groups (an array of strings).
+    #[arg(long, env = "TASKSTREAM_JWT_GROUPS_CLAIM", default_value = "groups")]
+    pub jwt_groups_claim: String,
+
+    /// Group every authenticated user joins, `{sub}` replaced by the user id; empty disables.
+    #[arg(long, env = "TASKSTREAM_USER_GROUP", default_value = "user:{sub}")]
+    pub user_group: String,
+
+    /// Path on the upstream asked by `--auth forward`.
+    #[arg(long, env = "TASKSTREAM_AUTH_PATH", default_value = "/ws-auth/")]
+    pub auth_path: String,
+
+    /// How long `--auth forward` waits for the app before answering 503.
+    #[arg(long, env = "TASKSTREAM_AUTH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub auth_timeout: Duration,
+
+    /// Origins allowed to open WebSockets (comma-separated, e.g. `https://app.example.com`;
+    /// `*` allows any). Default: only the request's own host. Clients without `Origin` are allowed.
+    #[arg(long, env = "TASKSTREAM_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Most WebSocket clients at once; the next gets 503.
+    #[arg(long, env = "TASKSTREAM_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Largest frame or message a client may send; bigger closes with 1009.
+    #[arg(long, env = "TASKSTREAM_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Events queued per client before it counts as too slow and is closed with 1013.
+    #[arg(long, env = "TASKSTREAM_SEND_QUEUE", default_value_t = 256)]
+    pub send_queue: usize,
+
+    /// Interval of server pings; a client silent for two intervals is dropped.
+    #[arg(long, env = "TASKSTREAM_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// On SIGTERM, how long in-flight proxied requests and closing clients get before exit.
+    #[arg(long, env = "TASKSTREAM_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format.
+    #[arg(long, env = "TASKSTREAM_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// JWT verification key, decided from the flags.
+#[derive(Clone)]
+pub enum JwtKey {
+    Hmac(Vec<u8>),
+    PublicPem(Vec<u8>),
+}
+
+impl std::fmt::Debug for JwtKey {
+    // Never print key material.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwtKey::Hmac(_) => f.write_str("Hmac(<redacted>)"),
+            JwtKey::PublicPem(_) => f.write_str("PublicPem(..)"),
+        }
+    }
+}
+
+/// Validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub upstream: Uri,
+    pub ws_path: String,
+    pub broker: BrokerConfig,
+    pub auth: AuthConfig,
+    pub allowed_origins: AllowedOrigins,
+    pub max_connections: usize,
+    pub max_message_bytes: usize,
+    pub send_queue: usize,
+    pub ping_interval: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub enum BrokerConfig {
+    Redis { url: String, channel_prefix: String },
+    Memory,
+}
+
+#[derive(Clone, Debug)]
+pub enum AuthConfig {
+    Jwt {
+        key: JwtKey,
+        groups_claim: String,
+        user_group: String,
+    },
+    Forward {
+        path: String,
+        timeout: Duration,
+        user_group: String,
+    },
+    None,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AllowedOrigins {
+    /// Only origins whose host[:port] equals the request's `Host`.
+    SameHost,
+    Any,
+    List(Vec<String>),
+}
+
+impl Args {
+    /// Checks every flag and turns them into a [`Config`]; the error names the flag.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let upstream: Uri = self
+            .upstream
+            .parse()
+            .map_err(|e| ConfigError::new("--upstream", format!("{e}")))?;
+        if upstream.scheme_str() != Some("http") || upstream.authority().is_none() {
+            return Err(ConfigError::new(
+                "--upstream",
+                "must be an http:// URL with a host, e.g. http://127.0.0.1:8000",
+            ));
+        }
+        if !self.ws_path.starts_with('/') {
+            return Err(ConfigError::new("--ws-path", "must start with '/'"));
+        }
+        let broker = match self.broker {
+            BrokerKind::Memory => BrokerConfig::Memory,
+            BrokerKind::Redis => {
+                let url = self.redis_url.ok_or_else(|| {
+                    ConfigError::new("--redis-url", "required with --broker redis")
+                })?;
+                redis::Client::open(url.as_str())
+                    .map_err(|e| ConfigError::new("--redis-url", format!("invalid: {e}")))?;
+                BrokerConfig::Redis {
+                    url,
+                    channel_prefix: self.channel_prefix,
+                }
+            }
+        };
+        let auth = match self.auth {
+            AuthMode::None => AuthConfig::None,
+            AuthMode::Forward => {
+                if !self.auth_path.starts_with('/') {
+                    return Err(ConfigError::new("--auth-path", "must start with '/'"));
+                }
+                AuthConfig::Forward {
+                    path: self.auth_path,
+                    timeout: self.auth_timeout,
+                    user_group: self.user_group,
+                }
+            }
+            AuthMode::Jwt => {
+                let key = match (
+                    self.jwt_secret,
+                    self.jwt_secret_file,
+                    self.jwt_public_key_file,
+                ) {
+                    (Some(s), None, None) => JwtKey::Hmac(s.into_bytes()),
+                    (None, Some(path), None) => {
+                        let raw = std::fs::read(&path).map_err(|e| {
+                            ConfigError::new(
+                                "--jwt-secret-file",
+                                format!("{}: {e}", path.display()),
+                            )
+                        })?;
+                        JwtKey::Hmac(trim_trailing_newline(raw))
+                    }
+                    (None, None, Some(path)) => {
+                        let pem = std::fs::read(&path).map_err(|e| {
+                            ConfigError::new(
+                                "--jwt-public-key-file",
+                                format!("{}: {e}", path.display()),
+                            )
+                        })?;
+                        JwtKey::PublicPem(pem)
+                    }
+                    (None, None, None) => {
+                        return Err(ConfigError::new(
+                            "--jwt-secret",
+                            "--auth jwt needs one of --jwt-secret, --jwt-secret-file, --jwt-public-key-file",
+                        ));
+                    }
+                    _ => {
+                        return Err(ConfigError::new(
+                            "--jwt-secret",
+                            "give only one of --jwt-secret, --jwt-secret-file, --jwt-public-key-file",
+                        ));
+                    }
+                };
+                if let JwtKey::Hmac(secret) = &key
+                    && secret.len() < 16
+                {
+                    return Err(ConfigError::new(
+                        "--jwt-secret",
+                        "HS256 secret is shorter than 16 bytes; use a long random secret",
+                    ));
+                }
+                AuthConfig::Jwt {
+                    key,
+                    groups_claim: self.jwt_groups_claim,
+                    user_group: self.user_group,
+                }
+            }
+        };
+        let allowed_origins = if self.allowed_origins.is_empty() {
+            AllowedOrigins::SameHost
+        } else if self.allowed_origins.iter().any(|o| o.trim() == "*") {
+            AllowedOrigins::Any
+        } else {
+            let mut list = Vec::new();
+            for o in &self.allowed_origins {
+                let o = o.trim().trim_end_matches('/').to_ascii_lowercase();
+                if o.is_empty() {
+                    continue;
+                }
+                if !(o.starts_with("http://") || o.starts_with("https://")) {
+                    return Err(ConfigError::new(
+                        "--allowed-origins",
+                        format!("{o:?} is not an origin such as https://app.example.com"),
+                    ));
+                }
+                list.push(o);
+            }
+            AllowedOrigins::List(list)
+        };
+        if self.max_connections == 0 {
+            return Err(ConfigError::new("--max-connections", "must be at least 1"));
+        }
+        if self.max_message_bytes < 125 {
+            return Err(ConfigError::new(
+                "--max-message-bytes",
+                "must be at least 125 (a control frame)",
+            ));
+        }
+        if self.send_queue == 0 {
+            return Err(ConfigError::new("--send-queue", "must be at least 1"));
+        }
+        if self.ping_interval.is_zero() {
+            return Err(ConfigError::new("--ping-interval", "must be above zero"));
+        }
+        Ok(Config {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            upstream,
+            ws_path: self.ws_path,
+            broker,
+            auth,
+            allowed_origins,
+            max_connections: self.max_connections,
+            max_message_bytes: self.max_message_bytes,
+            send_queue: self.send_queue,
+            ping_interval: self.ping_interval,
+            shutdown_grace: self.shutdown_grace,
+        })
+    }
+}
+
+fn trim_trailing_newline(mut raw: Vec<u8>) -> Vec<u8> {
+    while raw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        raw.pop();
+    }
+    raw
+}
+
+/// Parses `500ms`, `20s`, `5m`, `1h` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 500ms, 20s or 5m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!(
+            "{s:?} has an unknown unit; use ms, s, m or h (e.g. 20s)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["taskstream-sidecar"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .validate()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("20s").unwrap(), Duration::from_secs(20));
+        assert_eq!(parse_duration("20").unwrap(), Duration::from_secs(20));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn auth_has_no_default() {
+        let err = args(&["--broker", "memory"]).unwrap_err();
+        assert!(err.contains("--auth"), "{err}");
+    }
+
+    #[test]
+    fn redis_needs_url() {
+        let err = args(&["--auth", "none"]).unwrap_err();
+        assert!(err.contains("--redis-url"), "{err}");
+        let cfg = args(&["--auth", "none", "--redis-url", "redis://127.0.0.1:6379"]).unwrap();
+        assert!(matches!(cfg.broker, BrokerConfig::Redis { ref channel_prefix, .. } if channel_prefix == "taskstream:"));
+    }
+
+    #[test]
+    fn jwt_needs_exactly_one_key() {
+        let err = args(&["--auth", "jwt", "--broker", "memory"]).unwrap_err();
+        assert!(err.contains("--jwt-secret"), "{err}");
+        let err = args(&[
+            "--auth",
+            "jwt",
+            "--broker",
+            "memory",
+            "--jwt-secret",
+            "0123456789abcdef0123",
+            "--jwt-public-key-file",
+            "/nonexistent",
+        ])
+        .unwrap_err();
+        assert!(err.contains("only one"), "{err}");
+        let err = args(&["--auth", "jwt", "--broker", "memory", "--jwt-secret", "short"]).unwrap_err();
+        assert!(err.contains("16 bytes"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let err = args(&["--auth", "none", "--broker", "memory", "--upstream", "ftp://x"]).unwrap_err();
+        assert!(err.contains("--upstream"), "{err}");
+        let err = args(&["--auth", "none", "--broker", "memory", "--ws-path", "ws"]).unwrap_err();
+        assert!(err.contains("--ws-path"), "{err}");
+        let err = args(&["--auth", "none", "--broker", "memory", "--allowed-origins", "example.com"]).unwrap_err();
+        assert!(err.contains("--allowed-origins"), "{err}");
+        let err = args(&["--auth", "none", "--broker", "memory", "--ping-interval", "soon"]).unwrap_err();
+        assert!(err.contains("--ping-interval"), "{err}");
+    }
+
+    #[test]
+    fn origins_parse() {
+        let cfg = args(&["--auth", "none", "--broker", "memory", "--allowed-origins", "https://A.example.com/,http://b:8080"]).unwrap();
+        assert_eq!(
+            cfg.allowed_origins,
+            AllowedOrigins::List(vec!["https://a.example.com".into(), "http://b:8080".into()])
+        );
+        let cfg = args(&["--auth", "none", "--broker", "memory", "--allowed-origins", "*"]).unwrap();
+        assert_eq!(cfg.allowed_origins, AllowedOrigins::Any);
+    }
+}

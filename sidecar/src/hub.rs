@@ -1,0 +1,291 @@
+//! The hub: which local clients are in which group, and fan-out of events to them.
+//!
+//! ```text
+//!  broker source --publish(group, payload)--> [hub] --try_send--> bounded queue --> session
+//!        ^                                      |
+//!        +------ wanted groups / changed -------+
+//! ```
+//!
+//! Fan-out never waits: each client has a bounded queue, and a client whose queue is full is
+//! marked lagging (its session closes it with 1013) instead of growing memory or slowing others.
+//! The broker source is level-triggered: it is woken by [`Hub::changed`] and reconciles its
+//! subscriptions with [`Hub::wanted`], so a reconnect resubscribes with the same code path.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{DropReason, Metrics};
+
+/// Group -> local subscribers.
+pub struct Hub {
+    groups: RwLock<HashMap<String, Group>>,
+    changed: Notify,
+    confirmed: watch::Sender<u64>,
+    next_id: AtomicU64,
+    queue: usize,
+    /// With the in-memory broker there is nothing to subscribe to: every group is live at once.
+    auto_confirm: bool,
+    metrics: Metrics,
+}
+
+struct Group {
+    subscribers: Vec<Subscriber>,
+    /// The broker confirmed the subscription; events published from now on arrive.
+    confirmed: bool,
+}
+
+struct Subscriber {
+    id: u64,
+    tx: mpsc::Sender<Utf8Bytes>,
+    lagged: CancellationToken,
+}
+
+/// A client's place in the hub; leaving the hub happens on drop.
+pub struct Membership {
+    hub: Arc<Hub>,
+    id: u64,
+    groups: Vec<String>,
+    /// Events for this client, in publish order.
+    pub rx: mpsc::Receiver<Utf8Bytes>,
+    /// Cancelled when the client's queue overflowed.
+    pub lagged: CancellationToken,
+}
+
+impl Hub {
+    pub fn new(queue: usize, auto_confirm: bool, metrics: Metrics) -> Arc<Self> {
+        Arc::new(Self {
+            groups: RwLock::new(HashMap::new()),
+            changed: Notify::new(),
+            confirmed: watch::channel(0).0,
+            next_id: AtomicU64::new(1),
+            queue,
+            auto_confirm,
+            metrics,
+        })
+    }
+
+    /// Adds a client to `groups` (deduplicated by the caller).
+    pub fn join(self: &Arc<Self>, groups: Vec<String>) -> Membership {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.queue);
+        let lagged = CancellationToken::new();
+        let mut added = false;
+        {
+            let mut map = self.groups.write().unwrap_or_else(|e| e.into_inner());
+            for g in &groups {
+                let entry = map.entry(g.clone()).or_insert_with(|| {
+                    added = true;
+                    Group {
+                        subscribers: Vec::new(),
+                        confirmed: self.auto_confirm,
+                    }
+                });
+                entry.subscribers.push(Subscriber {
+                    id,
+                    tx: tx.clone(),
+                    lagged: lagged.clone(),
+                });
+            }
+            self.metrics.groups_subscribed.set(map.len() as i64);
+        }
+        if added {
+            self.changed.notify_one();
+        }
+        Membership {
+            hub: self.clone(),
+            id,
+            groups,
+            rx,
+            lagged,
+        }
+    }
+
+    fn leave(&self, id: u64, groups: &[String]) {
+        let mut removed = false;
+        {
+            let mut map = self.groups.write().unwrap_or_else(|e| e.into_inner());
+            for g in groups {
+                if let Some(entry) = map.get_mut(g) {
+                    entry.subscribers.retain(|s| s.id != id);
+                    if entry.subscribers.is_empty() {
+                        map.remove(g);
+                        removed = true;
+                    }
+                }
+            }
+            self.metrics.groups_subscribed.set(map.len() as i64);
+        }
+        if removed {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Queues `payload` to every local client of `group`; returns how many got it.
+    pub fn publish(&self, group: &str, payload: &Utf8Bytes) -> usize {
+        self.metrics.events_received.inc();
+        let map = self.groups.read().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = map.get(group) else {
+            return 0;
+        };
+        let mut delivered = 0;
+        for s in &entry.subscribers {
+            if s.lagged.is_cancelled() {
+                continue;
+            }
+            match s.tx.try_send(payload.clone()) {
+                Ok(()) => delivered += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    s.lagged.cancel();
+                    self.metrics.dropped(DropReason::SlowClient);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        self.metrics.events_delivered.inc_by(delivered as u64);
+        delivered
+    }
+
+    /// Groups that have at least one local client, sorted.
+    pub fn wanted(&self) -> Vec<String> {
+        let map = self.groups.read().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<String> = map.keys().cloned().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Woken whenever a group gains its first or loses its last local client.
+    pub fn changed(&self) -> &Notify {
+        &self.changed
+    }
+
+    /// Marks the broker subscription of `groups` as live (or not, after a disconnect).
+    pub fn set_confirmed<'a>(&self, groups: impl IntoIterator<Item = &'a str>, live: bool) {
+        {
+            let mut map = self.groups.write().unwrap_or_else(|e| e.into_inner());
+            for g in groups {
+                if let Some(entry) = map.get_mut(g) {
+                    entry.confirmed = live;
+                }
+            }
+        }
+        self.confirmed.send_modify(|n| *n += 1);
+    }
+
+    /// Marks every subscription as not live (the broker connection dropped).
+    pub fn unconfirm_all(&self) {
+        {
+            let mut map = self.groups.write().unwrap_or_else(|e| e.into_inner());
+            for entry in map.values_mut() {
+                entry.confirmed = false;
+            }
+        }
+        self.confirmed.send_modify(|n| *n += 1);
+    }
+
+    fn all_confirmed(&self, groups: &[String]) -> bool {
+        let map = self.groups.read().unwrap_or_else(|e| e.into_inner());
+        groups
+            .iter()
+            .all(|g| map.get(g).is_some_and(|entry| entry.confirmed))
+    }
+}
+
+impl Membership {
+    /// Waits until the broker has confirmed every group of this client, so that every event
+    /// published after the handshake is delivered. Gives up after `timeout` (e.g. Redis down):
+    /// the client is still admitted, and the source subscribes when it can.
+    pub async fn wait_confirmed(&self, timeout: Duration) -> bool {
+        let mut rx = self.hub.confirmed.subscribe();
+        let hub = self.hub.clone();
+        let groups = &self.groups;
+        tokio::time::timeout(timeout, rx.wait_for(|_| hub.all_confirmed(groups)))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    pub fn groups(&self) -> &[String] {
+        &self.groups
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.hub.leave(self.id, &self.groups);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(queue: usize) -> Arc<Hub> {
+        Hub::new(queue, true, Metrics::default())
+    }
+
+    #[tokio::test]
+    async fn delivers_only_to_members_in_order() {
+        let hub = hub(8);
+        let mut a = hub.join(vec!["g1".into()]);
+        let mut b = hub.join(vec!["g1".into(), "g2".into()]);
+        let mut c = hub.join(vec!["g3".into()]);
+        assert_eq!(hub.publish("g1", &"one".into()), 2);
+        assert_eq!(hub.publish("g2", &"two".into()), 1);
+        assert_eq!(hub.publish("nobody", &"x".into()), 0);
+        assert_eq!(a.rx.recv().await.unwrap(), "one");
+        assert_eq!(b.rx.recv().await.unwrap(), "one");
+        assert_eq!(b.rx.recv().await.unwrap(), "two");
+        assert!(a.rx.try_recv().is_err());
+        assert!(c.rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn last_leave_removes_group_and_notifies() {
+        let hub = hub(8);
+        let a = hub.join(vec!["g".into()]);
+        let b = hub.join(vec!["g".into()]);
+        hub.changed().notified().await; // the first join's notification
+        assert_eq!(hub.wanted(), vec!["g".to_string()]);
+        drop(a);
+        assert_eq!(hub.wanted(), vec!["g".to_string()]);
+        drop(b);
+        assert!(hub.wanted().is_empty());
+        tokio::time::timeout(Duration::from_secs(1), hub.changed().notified())
+            .await
+            .expect("leave of the last client notifies the source");
+    }
+
+    #[tokio::test]
+    async fn full_queue_marks_only_the_slow_client() {
+        let hub = hub(2);
+        let slow = hub.join(vec!["g".into()]);
+        let mut fast = hub.join(vec!["g".into()]);
+        for i in 0..5 {
+            hub.publish("g", &format!("{i}").into());
+            assert_eq!(fast.rx.recv().await.unwrap(), format!("{i}"));
+        }
+        assert!(slow.lagged.is_cancelled());
+        assert!(!fast.lagged.is_cancelled());
+        assert_eq!(slow.rx.len(), 2, "queue stays at its bound");
+    }
+
+    #[tokio::test]
+    async fn confirmation_gates_until_source_confirms() {
+        let hub = Hub::new(4, false, Metrics::default());
+        let m = hub.join(vec!["a".into(), "b".into()]);
+        assert!(!m.wait_confirmed(Duration::from_millis(20)).await);
+        let h2 = hub.clone();
+        let waiter = tokio::spawn(async move {
+            let m2 = h2.join(vec!["a".into()]);
+            m2.wait_confirmed(Duration::from_secs(5)).await
+        });
+        hub.set_confirmed(["a", "b"], true);
+        assert!(m.wait_confirmed(Duration::from_secs(5)).await);
+        assert!(waiter.await.unwrap());
+    }
+}

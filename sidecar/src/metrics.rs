@@ -1,0 +1,135 @@
+//! Prometheus metrics of the sidecar (`taskstream_` prefix), served on the admin port.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Why a WebSocket handshake was refused.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum RejectReason {
+    Unauthorized,
+    Forbidden,
+    Origin,
+    BadRequest,
+    Limit,
+    AuthUnavailable,
+    ShuttingDown,
+}
+
+/// Why an event did not reach a client.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum DropReason {
+    /// The payload was not UTF-8 and cannot be a text frame.
+    NonUtf8,
+    /// The client's send queue was full; the client is closed with 1013.
+    SlowClient,
+}
+
+/// Why a client connection ended, as seen by the sidecar.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum CloseReason {
+    Client,
+    SlowClient,
+    Timeout,
+    TooBig,
+    Protocol,
+    Shutdown,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabel {
+    pub reason: RejectReason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabel {
+    pub reason: DropReason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabel {
+    pub reason: CloseReason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    pub class: &'static str,
+}
+
+/// All metrics, cheap to clone (each is an `Arc` inside).
+#[derive(Clone, Default)]
+pub struct Metrics {
+    pub connections: Gauge,
+    pub connections_rejected: Family<RejectLabel, Counter>,
+    pub connections_closed: Family<CloseLabel, Counter>,
+    pub events_received: Counter,
+    pub events_delivered: Counter,
+    pub events_dropped: Family<DropLabel, Counter>,
+    pub groups_subscribed: Gauge,
+    pub broker_up: Gauge,
+    pub redis_reconnects: Counter,
+    pub proxied_requests: Family<ClassLabel, Counter>,
+}
+
+impl Metrics {
+    /// Registers every metric under the `taskstream` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("taskstream");
+        r.register("connections", "WebSocket clients connected now", self.connections.clone());
+        r.register(
+            "connections_rejected",
+            "WebSocket handshakes refused, by reason",
+            self.connections_rejected.clone(),
+        );
+        r.register(
+            "connections_closed",
+            "WebSocket connections ended, by reason",
+            self.connections_closed.clone(),
+        );
+        r.register("events_received", "Events received from the broker", self.events_received.clone());
+        r.register(
+            "events_delivered",
+            "Events queued to a client (one per client)",
+            self.events_delivered.clone(),
+        );
+        r.register("events_dropped", "Events not delivered, by reason", self.events_dropped.clone());
+        r.register(
+            "groups_subscribed",
+            "Groups with at least one local client",
+            self.groups_subscribed.clone(),
+        );
+        r.register("broker_up", "1 while the broker connection is up", self.broker_up.clone());
+        r.register("redis_reconnects", "Redis connections re-established", self.redis_reconnects.clone());
+        r.register(
+            "proxied_requests",
+            "Requests proxied to the app, by status class (1xx..5xx, error)",
+            self.proxied_requests.clone(),
+        );
+    }
+
+    pub fn rejected(&self, reason: RejectReason) {
+        self.connections_rejected.get_or_create(&RejectLabel { reason }).inc();
+    }
+
+    pub fn closed(&self, reason: CloseReason) {
+        self.connections_closed.get_or_create(&CloseLabel { reason }).inc();
+    }
+
+    pub fn dropped(&self, reason: DropReason) {
+        self.events_dropped.get_or_create(&DropLabel { reason }).inc();
+    }
+
+    pub fn proxied(&self, status: Option<u16>) {
+        let class = match status {
+            Some(100..=199) => "1xx",
+            Some(200..=299) => "2xx",
+            Some(300..=399) => "3xx",
+            Some(400..=499) => "4xx",
+            Some(_) => "5xx",
+            None => "error",
+        };
+        self.proxied_requests.get_or_create(&ClassLabel { class }).inc();
+    }
+}

@@ -1,0 +1,282 @@
+//! Reverse proxy to the app: every request that is not the sidecar's WebSocket path.
+//!
+//! Bodies stream both ways (never buffered whole), connections to the app are pooled keep-alive,
+//! hop-by-hop headers are dropped, `X-Forwarded-*` are added, and WebSocket upgrades on other
+//! paths are spliced through to the app byte for byte.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tracing::{debug, warn};
+
+use crate::metrics::Metrics;
+
+/// Body type of every request and response the sidecar produces.
+pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// A short plain-text body.
+pub fn text(status: StatusCode, msg: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(msg.into())
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The app behind the sidecar, with a pooled HTTP/1.1 client.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpConnector, Body>,
+    base: Uri,
+    metrics: Metrics,
+}
+
+impl Upstream {
+    pub fn new(base: Uri, metrics: Metrics) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Self {
+            client,
+            base,
+            metrics,
+        }
+    }
+
+    /// The app's URI for `path_and_query` (which starts with `/`).
+    pub fn uri(&self, path_and_query: &str) -> Uri {
+        let mut parts = self.base.clone().into_parts();
+        parts.path_and_query = path_and_query.parse().ok();
+        Uri::from_parts(parts).unwrap_or_else(|_| self.base.clone())
+    }
+
+    pub fn base(&self) -> &Uri {
+        &self.base
+    }
+
+    /// Sends a request to the app as is.
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, String> {
+        self.client.request(req).await.map_err(|e| {
+            // The legacy client's Display is terse; its source says what really happened.
+            match std::error::Error::source(&e) {
+                Some(src) => format!("{e}: {src}"),
+                None => e.to_string(),
+            }
+        })
+    }
+
+    /// Proxies one client request to the app.
+    pub async fn proxy(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let upgrade = is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned();
+        let mut out = Request::builder()
+            .method(parts.method.clone())
+            .uri(self.uri(&path))
+            .body(body.boxed_unsync())
+            .expect("method and uri come from a parsed request");
+        *out.headers_mut() = forward_headers(&parts.headers, peer, upgrade);
+
+        let resp = match self.send(out).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                warn!(method = %parts.method, path = %parts.uri.path(), upstream = %self.base, error = %e, "app did not answer; returning 502 (is the app running and listening on --upstream?)");
+                self.metrics.proxied(None);
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    "502 bad gateway: the app behind taskstream is not reachable\n",
+                );
+            }
+        };
+        self.metrics.proxied(Some(resp.status().as_u16()));
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                return splice_upgrade(resp, client_upgrade);
+            }
+        }
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Response::from_parts(parts, body.boxed_unsync())
+    }
+}
+
+/// Answers the client with the app's 101 and copies bytes both ways once both sides upgraded.
+fn splice_upgrade(
+    mut resp: Response<Incoming>,
+    client_upgrade: hyper::upgrade::OnUpgrade,
+) -> Response<Body> {
+    let app_upgrade = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        let (client, app) = match tokio::try_join!(client_upgrade, app_upgrade) {
+            Ok(pair) => pair,
+            Err(e) => {
+                debug!(error = %e, "websocket passthrough: upgrade failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut app = TokioIo::new(app);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut app).await {
+            debug!(error = %e, "websocket passthrough ended");
+        }
+    });
+    let (parts, _) = resp.into_parts();
+    Response::from_parts(parts, empty())
+}
+
+/// `Connection: upgrade` with an `Upgrade` header.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for h in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(h);
+    }
+}
+
+/// The headers sent to the app: the client's, minus hop-by-hop, plus `X-Forwarded-*`.
+///
+/// `X-Forwarded-For` gets the peer appended. `-Proto` and `-Host` are kept when an ingress in
+/// front already set them (it knows the scheme the browser used); otherwise they describe the
+/// request the sidecar received.
+pub fn forward_headers(incoming: &HeaderMap, peer: SocketAddr, upgrade: bool) -> HeaderMap {
+    let mut headers = incoming.clone();
+    let upgrade_value = headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::UPGRADE);
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(v) = upgrade_value {
+            headers.insert(header::UPGRADE, v);
+        }
+    }
+    let peer_ip = peer.ip().to_string();
+    let xff = match incoming
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {peer_ip}"),
+        _ => peer_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        if let Some(host) = incoming.get(header::HOST).cloned() {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> SocketAddr {
+        "10.1.2.3:5555".parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_headers_are_added_and_hop_by_hop_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("app.example.com"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::COOKIE, HeaderValue::from_static("sessionid=abc"));
+        let out = forward_headers(&h, peer(), false);
+        assert_eq!(out["host"], "app.example.com");
+        assert_eq!(out["cookie"], "sessionid=abc");
+        assert_eq!(out["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(out["x-forwarded-proto"], "http");
+        assert_eq!(out["x-forwarded-host"], "app.example.com");
+        assert!(!out.contains_key("connection"));
+        assert!(!out.contains_key("x-secret-hop"));
+        assert!(!out.contains_key("keep-alive"));
+    }
+
+    #[test]
+    fn existing_forwarded_headers_are_extended_not_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let out = forward_headers(&h, peer(), false);
+        assert_eq!(out["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
+        assert_eq!(out["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn upgrade_headers_survive_for_passthrough() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        let out = forward_headers(&h, peer(), true);
+        assert_eq!(out["connection"], "upgrade");
+        assert_eq!(out["upgrade"], "websocket");
+        let plain = forward_headers(&h, peer(), false);
+        assert!(!plain.contains_key("upgrade"));
+    }
+}

@@ -1,0 +1,303 @@
+//! The Redis source: one pub/sub connection per process, subscribed to exactly the groups that
+//! have a local client, reconnecting with capped exponential backoff and jitter.
+//!
+//! ```text
+//!            +-------------------- reconnect (backoff + jitter) <------------------+
+//!            v                                                                     |
+//! connect -> subscribe wanted groups -> loop { hub changed  -> (un)subscribe diff  |
+//!                                             message       -> hub.publish         |
+//!                                             ping timer    -> PING (dead peer?) } -+
+//! ```
+//!
+//! Publishing (`POST /publish/<group>`) uses a separate multiplexed connection, because a
+//! connection in subscribe mode cannot `PUBLISH`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, PubSubSink};
+use tokio::sync::OnceCell;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::health::Health;
+use crate::hub::Hub;
+use crate::metrics::{DropReason, Metrics};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A PING this often finds a peer that vanished without closing the socket.
+const PING_EVERY: Duration = Duration::from_secs(5);
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Handle of the Redis broker.
+pub struct RedisBroker {
+    client: redis::Client,
+    prefix: String,
+    /// Where logs may name the server: host and port, never the password.
+    display: String,
+    publisher: OnceCell<ConnectionManager>,
+}
+
+impl RedisBroker {
+    pub fn new(url: &str, prefix: String) -> redis::RedisResult<Self> {
+        let client = redis::Client::open(url)?;
+        let display = redacted(url);
+        Ok(Self {
+            client,
+            prefix,
+            display,
+            publisher: OnceCell::new(),
+        })
+    }
+
+    /// `PUBLISH <prefix><group> <payload>`; returns how many subscribers Redis reached.
+    pub async fn publish(&self, group: &str, payload: &[u8]) -> redis::RedisResult<usize> {
+        let conn = self
+            .publisher
+            .get_or_try_init(|| async {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(COMMAND_TIMEOUT))
+                    .set_response_timeout(Some(COMMAND_TIMEOUT));
+                ConnectionManager::new_with_config(self.client.clone(), config).await
+            })
+            .await?;
+        let mut conn = conn.clone();
+        redis::cmd("PUBLISH")
+            .arg(format!("{}{}", self.prefix, group))
+            .arg(payload)
+            .query_async(&mut conn)
+            .await
+    }
+
+    /// Runs the subscription loop until `shutdown`.
+    pub async fn run(
+        self: Arc<Self>,
+        hub: Arc<Hub>,
+        health: Arc<Health>,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) {
+        let mut backoff = BACKOFF_MIN;
+        let mut connected_once = false;
+        loop {
+            let attempt = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = tokio::time::timeout(COMMAND_TIMEOUT, self.client.get_async_pubsub()) => r,
+            };
+            let pubsub = match attempt {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    warn!(redis = %self.display, error = %e, retry_in = ?backoff, "redis connect failed; clients stay connected, retrying");
+                    if !sleep_or_shutdown(jitter(backoff), &shutdown).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+                Err(_) => {
+                    warn!(redis = %self.display, retry_in = ?backoff, "redis connect timed out; retrying");
+                    if !sleep_or_shutdown(jitter(backoff), &shutdown).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            };
+            if connected_once {
+                metrics.redis_reconnects.inc();
+            }
+            connected_once = true;
+            let (sink, stream) = pubsub.split();
+            let mut session = Session {
+                broker: &self,
+                hub: &hub,
+                sink,
+                subscribed: BTreeSet::new(),
+            };
+            let ended = session
+                .serve(stream, &health, &metrics, &shutdown)
+                .await;
+            health.set_broker_up(false);
+            metrics.broker_up.set(0);
+            hub.unconfirm_all();
+            match ended {
+                Ended::Shutdown => return,
+                Ended::Lost(why) => {
+                    warn!(redis = %self.display, error = %why, "redis connection lost; clients stay connected, reconnecting and resubscribing");
+                    backoff = BACKOFF_MIN;
+                    if !sleep_or_shutdown(jitter(backoff), &shutdown).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Ended {
+    Shutdown,
+    Lost(String),
+}
+
+struct Session<'a> {
+    broker: &'a RedisBroker,
+    hub: &'a Hub,
+    sink: PubSubSink,
+    subscribed: BTreeSet<String>,
+}
+
+impl Session<'_> {
+    async fn serve(
+        &mut self,
+        mut stream: redis::aio::PubSubStream,
+        health: &Health,
+        metrics: &Metrics,
+        shutdown: &CancellationToken,
+    ) -> Ended {
+        if let Err(e) = self.reconcile().await {
+            return Ended::Lost(e);
+        }
+        info!(redis = %self.broker.display, groups = self.subscribed.len(), "redis subscribed");
+        health.set_broker_up(true);
+        metrics.broker_up.set(1);
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.reset();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ended::Shutdown,
+                _ = self.hub.changed().notified() => {
+                    if let Err(e) = self.reconcile().await {
+                        return Ended::Lost(e);
+                    }
+                }
+                msg = stream.next() => {
+                    let Some(msg) = msg else {
+                        return Ended::Lost("connection closed".into());
+                    };
+                    self.deliver(&msg, metrics);
+                }
+                _ = ping.tick() => {
+                    match tokio::time::timeout(COMMAND_TIMEOUT, self.sink.ping::<String>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Ended::Lost(format!("ping: {e}")),
+                        Err(_) => return Ended::Lost("ping: no answer within 5s".into()),
+                    }
+                }
+            }
+        }
+    }
+
+    fn deliver(&self, msg: &redis::Msg, metrics: &Metrics) {
+        let channel = msg.get_channel_name();
+        let Some(group) = channel.strip_prefix(self.broker.prefix.as_str()) else {
+            return;
+        };
+        match Utf8Bytes::try_from(bytes::Bytes::copy_from_slice(msg.get_payload_bytes())) {
+            Ok(payload) => {
+                self.hub.publish(group, &payload);
+            }
+            Err(_) => {
+                metrics.events_received.inc();
+                metrics.dropped(DropReason::NonUtf8);
+                warn!(
+                    group,
+                    bytes = msg.get_payload_bytes().len(),
+                    "dropped an event whose payload is not UTF-8; publish JSON or other text"
+                );
+            }
+        }
+    }
+
+    /// Brings Redis subscriptions in line with the groups that have local clients.
+    async fn reconcile(&mut self) -> Result<(), String> {
+        // Loop: the wanted set may change again while we talk to Redis.
+        for _ in 0..16 {
+            let wanted: BTreeSet<String> = self.hub.wanted().into_iter().collect();
+            let add: Vec<String> = wanted.difference(&self.subscribed).cloned().collect();
+            let remove: Vec<String> = self.subscribed.difference(&wanted).cloned().collect();
+            if !add.is_empty() {
+                let channels: Vec<String> = add.iter().map(|g| self.channel(g)).collect();
+                timed(tokio::time::timeout(COMMAND_TIMEOUT, self.sink.subscribe(channels)).await)
+                    .map_err(|e| format!("subscribe {} groups: {e}", add.len()))?;
+                debug!(groups = ?add, "subscribed");
+                self.subscribed.extend(add);
+            }
+            if !remove.is_empty() {
+                let channels: Vec<String> = remove.iter().map(|g| self.channel(g)).collect();
+                timed(tokio::time::timeout(COMMAND_TIMEOUT, self.sink.unsubscribe(channels)).await)
+                    .map_err(|e| format!("unsubscribe {} groups: {e}", remove.len()))?;
+                debug!(groups = ?remove, "unsubscribed");
+                for g in &remove {
+                    self.subscribed.remove(g);
+                }
+            }
+            // Groups re-created while still subscribed need their confirmation back too.
+            self.hub
+                .set_confirmed(self.subscribed.iter().map(String::as_str), true);
+            if self.hub.wanted().into_iter().eq(self.subscribed.iter().cloned()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn channel(&self, group: &str) -> String {
+        format!("{}{}", self.broker.prefix, group)
+    }
+}
+
+fn timed(r: Result<redis::RedisResult<()>, tokio::time::error::Elapsed>) -> Result<(), String> {
+    match r {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("no answer within 5s".into()),
+    }
+}
+
+async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+/// Full jitter in [d/2, d].
+fn jitter(d: Duration) -> Duration {
+    let ms = d.as_millis() as u64;
+    Duration::from_millis(ms / 2 + fastrand::u64(0..=ms / 2))
+}
+
+/// `redis://user:secret@host:6379/0` -> `redis://host:6379/0`, for logs.
+pub fn redacted(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}://{rest}")
+        }
+        None => "<redis url>".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_hides_credentials() {
+        assert_eq!(redacted("redis://:s3cret@redis:6379/0"), "redis://redis:6379/0");
+        assert_eq!(redacted("rediss://u:p@w@h:1"), "rediss://h:1");
+        assert_eq!(redacted("redis://h:1"), "redis://h:1");
+    }
+
+    #[test]
+    fn jitter_stays_in_range() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_millis(1000));
+            assert!(j >= Duration::from_millis(500) && j <= Duration::from_millis(1000));
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The public listener: accepts connections, routes the WebSocket path to a session and
+//! everything else to the app, and checks every handshake before upgrading.
+//!
+//! ```text
+//! accept -> http/1 conn -> request -+- ws path -> checks (origin, limit, auth) -> join hub -> 101 -> session
+//!                                   +- other   -> proxy -> app
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::auth::{Authenticator, Rejection};
+use crate::config::{AllowedOrigins, Config};
+use crate::health::Health;
+use crate::hub::Hub;
+use crate::metrics::{Metrics, RejectReason};
+use crate::proxy::{Body, Upstream, text};
+use crate::session;
+
+/// How long a handshake waits for the broker to confirm the client's subscriptions.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Everything a connection needs, shared by all of them.
+pub struct Shared {
+    pub config: Config,
+    pub hub: Arc<Hub>,
+    pub auth: Authenticator,
+    pub upstream: Upstream,
+    pub metrics: Metrics,
+    pub health: Arc<Health>,
+    pub slots: Arc<Semaphore>,
+    /// Cancelled on shutdown: sessions send 1001, HTTP connections finish and close.
+    pub shutdown: CancellationToken,
+    /// Sessions and HTTP connections, awaited (with a grace period) on shutdown.
+    pub tasks: TaskTracker,
+}
+
+/// Accepts connections until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed; backing off 100ms (raise the open-file limit?)");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn_shared = shared.clone();
+        shared.tasks.spawn(async move {
+            let shared = conn_shared;
+            let svc_shared = shared.clone();
+            let svc = service_fn(move |req| {
+                let shared = svc_shared.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(shared, req, peer).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades();
+            let shutdown = shared.shutdown.clone();
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.cancelled() => {
+                    // Finish the request in flight, then close instead of keeping alive.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                debug!(%peer, error = %e, "http connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn route(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if is_ws_path(req.uri().path(), &shared.config.ws_path) {
+        handshake(shared, req, peer).await
+    } else {
+        shared.upstream.proxy(req, peer).await
+    }
+}
+
+/// `/ws/tasks/` also matches `/ws/tasks`, and the other way round.
+fn is_ws_path(path: &str, ws_path: &str) -> bool {
+    path == ws_path || path.trim_end_matches('/') == ws_path.trim_end_matches('/')
+}
+
+fn reject(shared: &Shared, status: StatusCode, reason: RejectReason, msg: &str) -> Response<Body> {
+    shared.metrics.rejected(reason);
+    text(status, format!("{msg}\n"))
+}
+
+async fn handshake(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if shared.health.shutting_down() {
+        return reject(&shared, StatusCode::SERVICE_UNAVAILABLE, RejectReason::ShuttingDown, "shutting down, reconnect");
+    }
+    let headers = req.headers();
+    let is_ws = crate::proxy::is_upgrade(headers)
+        && headers
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !is_ws || req.method() != http::Method::GET {
+        shared.metrics.rejected(RejectReason::BadRequest);
+        let mut resp = text(
+            StatusCode::UPGRADE_REQUIRED,
+            "this path serves WebSocket connections only\n",
+        );
+        resp.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        return resp;
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
+        return reject(&shared, StatusCode::BAD_REQUEST, RejectReason::BadRequest, "unsupported Sec-WebSocket-Version (need 13)");
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return reject(&shared, StatusCode::BAD_REQUEST, RejectReason::BadRequest, "missing Sec-WebSocket-Key");
+    };
+    if let Err(why) = check_origin(&shared.config.allowed_origins, headers) {
+        info!(%peer, origin = why, "refused websocket from a foreign origin (cross-site websocket hijacking?); add it to --allowed-origins if it is yours");
+        return reject(&shared, StatusCode::FORBIDDEN, RejectReason::Origin, "origin not allowed");
+    }
+    let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+        warn!(%peer, max = shared.config.max_connections, "connection limit reached; answering 503 (raise --max-connections or add replicas)");
+        return reject(&shared, StatusCode::SERVICE_UNAVAILABLE, RejectReason::Limit, "too many connections, try again later");
+    };
+    let identity = match shared.auth.authenticate(&req).await {
+        Ok(id) => id,
+        Err(Rejection { status, reason, message }) => {
+            debug!(%peer, %status, why = %message, "websocket handshake refused");
+            return reject(&shared, status, reason, &message);
+        }
+    };
+
+    let membership = shared.hub.join(identity.groups);
+    if shared.health.broker_up() {
+        // Subscribed before the 101: every event published after the handshake arrives.
+        membership.wait_confirmed(CONFIRM_TIMEOUT).await;
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let shared2 = shared.clone();
+    shared.tasks.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                debug!(%peer, error = %e, "client went away during the upgrade");
+                return;
+            }
+        };
+        let ws_config = WebSocketConfig::default()
+            // Small buffers keep idle connections cheap; they grow only for large frames.
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(0)
+            .max_write_buffer_size(usize::MAX)
+            .max_message_size(Some(shared2.config.max_message_bytes))
+            .max_frame_size(Some(shared2.config.max_message_bytes));
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+        session::run(ws, membership, &shared2, peer, identity.user).await;
+        drop(permit);
+    });
+
+    let mut resp = Response::new(crate::proxy::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    resp
+}
+
+/// Refuses browsers from other sites. `Err` carries the offending origin for the log.
+fn check_origin(allowed: &AllowedOrigins, headers: &http::HeaderMap) -> Result<(), String> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(()); // not a browser, or a same-origin request from an old one
+    };
+    let origin = origin.to_str().unwrap_or("").trim_end_matches('/').to_ascii_lowercase();
+    match allowed {
+        AllowedOrigins::Any => Ok(()),
+        AllowedOrigins::List(list) => {
+            if list.iter().any(|o| *o == origin) {
+                Ok(())
+            } else {
+                Err(origin)
+            }
+        }
+        AllowedOrigins::SameHost => {
+            let host = headers
+                .get("x-forwarded-host")
+                .or_else(|| headers.get(header::HOST))
+                .and_then(|v| v.to_str().ok())
+                .map(|h| h.split(',').next().unwrap_or("").trim().to_ascii_lowercase());
+            let origin_host = origin.split_once("://").map(|(_, h)| h);
+            match (host, origin_host) {
+                (Some(h), Some(o)) if !h.is_empty() && same_host(&h, o) => Ok(()),
+                _ => Err(origin),
+            }
+        }
+    }
+}
+
+/// `host[:port]` equality where a missing port and the scheme's default port agree.
+fn same_host(a: &str, b: &str) -> bool {
+    fn strip(h: &str) -> &str {
+        h.strip_suffix(":80").or_else(|| h.strip_suffix(":443")).unwrap_or(h)
+    }
+    a == b || strip(a) == strip(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn ws_path_matching() {
+        assert!(is_ws_path("/ws/tasks/", "/ws/tasks/"));
+        assert!(is_ws_path("/ws/tasks", "/ws/tasks/"));
+        assert!(!is_ws_path("/ws/tasks/other", "/ws/tasks/"));
+        assert!(!is_ws_path("/", "/ws/tasks/"));
+    }
+
+    #[test]
+    fn same_host_origin_policy() {
+        let same = AllowedOrigins::SameHost;
+        assert!(check_origin(&same, &headers(&[("host", "app.example.com")])).is_ok());
+        assert!(check_origin(&same, &headers(&[("host", "app.example.com"), ("origin", "https://app.example.com")])).is_ok());
+        assert!(check_origin(&same, &headers(&[("host", "localhost:8080"), ("origin", "http://localhost:8080")])).is_ok());
+        assert!(check_origin(&same, &headers(&[("host", "app.example.com"), ("origin", "https://evil.example")])).is_err());
+        assert!(check_origin(&same, &headers(&[("host", "localhost:8080"), ("origin", "http://localhost:9999")])).is_err());
+        assert!(check_origin(&same, &headers(&[("origin", "https://app.example.com")])).is_err());
+    }
+
+    #[test]
+    fn listed_origins() {
+        let list = AllowedOrigins::List(vec!["https://app.example.com".into()]);
+        assert!(check_origin(&list, &headers(&[("origin", "https://APP.example.com/")])).is_ok());
+        assert!(check_origin(&list, &headers(&[("origin", "http://app.example.com")])).is_err());
+        assert!(check_origin(&AllowedOrigins::Any, &headers(&[("origin", "https://x")])).is_ok());
+    }
+}

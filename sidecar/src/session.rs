@@ -1,0 +1,149 @@
+//! One task per WebSocket client: `select!` over the client, the hub queue, pings and shutdown.
+//!
+//! ```text
+//! hub --bounded queue--> [session] --text frames--> browser
+//!                            ^  <----pong/close----
+//!                 shutdown (1001), lagged (1013), too big (1009), silent (dropped)
+//! ```
+//!
+//! The session never blocks the hub: if the client stops reading, writes stall, the queue fills,
+//! the hub marks the client lagging, and the session closes it with 1013.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tracing::{debug, info};
+
+use crate::hub::Membership;
+use crate::metrics::CloseReason;
+use crate::server::Shared;
+
+type Ws = WebSocketStream<TokioIo<Upgraded>>;
+
+/// Events written per flush, so a burst costs one syscall rather than one per event.
+const BATCH: usize = 64;
+/// How long a closing handshake may take before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves one client until it leaves, lags, goes silent or the sidecar shuts down.
+pub async fn run(
+    ws: Ws,
+    mut membership: Membership,
+    shared: &Shared,
+    peer: SocketAddr,
+    user: Option<String>,
+) {
+    let metrics = &shared.metrics;
+    metrics.connections.inc();
+    debug!(%peer, user = user.as_deref().unwrap_or("-"), groups = ?membership.groups(), "client connected");
+    let (mut sink, mut stream) = ws.split();
+    let interval = shared.config.ping_interval;
+    let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_seen = Instant::now();
+    let lagged = membership.lagged.clone();
+    let shutdown = shared.shutdown.clone();
+
+    let reason = loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                close(&mut sink, CloseCode::Away, "server shutting down, reconnect").await;
+                break CloseReason::Shutdown;
+            }
+            _ = lagged.cancelled() => {
+                close(&mut sink, CloseCode::Again, "too slow: events were dropped, reconnect").await;
+                break CloseReason::SlowClient;
+            }
+            frame = stream.next() => match frame {
+                None => break CloseReason::Client,
+                Some(Ok(Message::Close(_))) => {
+                    // tungstenite queued the close reply; flush it out.
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+                    break CloseReason::Client;
+                }
+                Some(Ok(_)) => last_seen = Instant::now(),
+                Some(Err(WsError::Capacity(e))) => {
+                    debug!(%peer, error = %e, "client frame too big");
+                    close(&mut sink, CloseCode::Size, "message too big").await;
+                    break CloseReason::TooBig;
+                }
+                Some(Err(e)) => {
+                    debug!(%peer, error = %e, "client connection error");
+                    break CloseReason::Protocol;
+                }
+            },
+            event = membership.rx.recv() => {
+                let Some(first) = event else { break CloseReason::Shutdown };
+                let write = async {
+                    sink.feed(Message::Text(first)).await?;
+                    for _ in 1..BATCH {
+                        match membership.rx.try_recv() {
+                            Ok(next) => sink.feed(Message::Text(next)).await?,
+                            Err(_) => break,
+                        }
+                    }
+                    sink.flush().await
+                };
+                // A client that stops reading stalls the write; the hub then marks it lagging.
+                let outcome = tokio::select! {
+                    r = write => Some(r),
+                    _ = lagged.cancelled() => None,
+                    _ = shutdown.cancelled() => None,
+                };
+                match outcome {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
+                        debug!(%peer, error = %e, "write to client failed");
+                        break CloseReason::Protocol;
+                    }
+                    None if lagged.is_cancelled() => {
+                        close(&mut sink, CloseCode::Again, "too slow: events were dropped, reconnect").await;
+                        break CloseReason::SlowClient;
+                    }
+                    None => {
+                        close(&mut sink, CloseCode::Away, "server shutting down, reconnect").await;
+                        break CloseReason::Shutdown;
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                if last_seen.elapsed() > interval * 2 {
+                    info!(%peer, silent_for = ?last_seen.elapsed(), "dropping a client silent for two ping intervals");
+                    break CloseReason::Timeout;
+                }
+                let sent = tokio::time::timeout(interval, sink.send(Message::Ping(Default::default()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    break CloseReason::Timeout;
+                }
+            }
+        }
+    };
+    metrics.closed(reason);
+    metrics.connections.dec();
+    debug!(%peer, ?reason, "client disconnected");
+}
+
+/// Sends a close frame, bounded in time: a client that does not read must not hold us.
+async fn close<S>(sink: &mut S, code: CloseCode, reason: &'static str)
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let frame = Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }));
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        let _ = sink.send(frame).await;
+        let _ = sink.close().await;
+    })
+    .await;
+}
