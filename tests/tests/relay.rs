@@ -1,0 +1,138 @@
+//! Relay from a real redis-server to real WebSocket clients through the sidecar.
+
+use taskstream_tests::redis_server::RedisServer;
+use taskstream_tests::sidecar::Sidecar;
+use taskstream_tests::ws::{connect, recv_text};
+use taskstream_tests::{eventually, upstream::App};
+
+async fn sidecar(redis: &RedisServer, app: &App) -> Sidecar {
+    Sidecar::start(&[
+        "--auth",
+        "none",
+        "--redis-url",
+        &redis.url(),
+        "--upstream",
+        &app.url(),
+    ])
+    .await
+}
+
+#[tokio::test]
+async fn events_reach_exactly_the_clients_of_their_group_in_order() {
+    let redis = RedisServer::start().await;
+    let app = App::start().await;
+    let sc = sidecar(&redis, &app).await;
+    let mut a = connect(&sc.ws_url("groups=g1")).await;
+    let mut b = connect(&sc.ws_url("groups=g1,g2")).await;
+    let mut c = connect(&sc.ws_url("groups=g3")).await;
+
+    // The handshake completes only once the groups are subscribed, so nothing is lost here.
+    assert_eq!(redis.publish("taskstream:g1", r#"{"n":1}"#).await, 1, "one subscription per process, not per client");
+    redis.publish("taskstream:g2", r#"{"n":2}"#).await;
+    redis.publish("taskstream:g1", r#"{"n":3}"#).await;
+    redis.publish("other:g1", "wrong prefix").await;
+    redis.publish("taskstream:g3", "for c").await;
+
+    assert_eq!(recv_text(&mut a).await, r#"{"n":1}"#);
+    assert_eq!(recv_text(&mut a).await, r#"{"n":3}"#);
+    assert_eq!(recv_text(&mut b).await, r#"{"n":1}"#);
+    assert_eq!(recv_text(&mut b).await, r#"{"n":2}"#);
+    assert_eq!(recv_text(&mut b).await, r#"{"n":3}"#);
+    // c's first message is its own: it got none of g1/g2's.
+    assert_eq!(recv_text(&mut c).await, "for c");
+    // And a got nothing of g2/g3 or the wrong prefix: the next thing it sees is this marker.
+    redis.publish("taskstream:g1", "marker").await;
+    assert_eq!(recv_text(&mut a).await, "marker");
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn payload_is_relayed_verbatim_and_non_utf8_is_dropped_and_counted() {
+    let redis = RedisServer::start().await;
+    let app = App::start().await;
+    let sc = sidecar(&redis, &app).await;
+    let mut a = connect(&sc.ws_url("groups=g")).await;
+    let unicode = "{\"msg\":\"progress 50% \u{2713} \u{1F680}\",\"raw\":\"a\\nb\"}";
+    redis.publish("taskstream:g", [0xff_u8, 0xfe, 0x00]).await;
+    redis.publish("taskstream:g", unicode).await;
+    assert_eq!(recv_text(&mut a).await, unicode);
+    assert_eq!(
+        sc.metric("taskstream_events_dropped_total{reason=\"NonUtf8\"}").await,
+        1.0
+    );
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn groups_are_subscribed_only_while_they_have_local_clients() {
+    let redis = RedisServer::start().await;
+    let app = App::start().await;
+    let sc = sidecar(&redis, &app).await;
+    assert!(redis.channels().await.is_empty());
+    let a = connect(&sc.ws_url("groups=g1,shared")).await;
+    let b = connect(&sc.ws_url("groups=shared")).await;
+    assert_eq!(redis.channels().await, vec!["taskstream:g1", "taskstream:shared"]);
+    drop(a);
+    eventually("g1 unsubscribed after its last client left", || async {
+        (redis.channels().await == vec!["taskstream:shared"]).then_some(())
+    })
+    .await;
+    drop(b);
+    eventually("every group unsubscribed", || async {
+        redis.channels().await.is_empty().then_some(())
+    })
+    .await;
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn redis_restart_mid_stream_keeps_clients_and_resubscribes() {
+    let mut redis = RedisServer::start().await;
+    let app = App::start().await;
+    let sc = sidecar(&redis, &app).await;
+    sc.wait_ready(200).await;
+    let mut a = connect(&sc.ws_url("groups=g1")).await;
+    let mut b = connect(&sc.ws_url("groups=g2")).await;
+    redis.publish("taskstream:g1", "before").await;
+    assert_eq!(recv_text(&mut a).await, "before");
+
+    redis.kill();
+    sc.wait_ready(503).await;
+    redis.restart().await;
+    sc.wait_ready(200).await;
+    eventually("both groups resubscribed", || async {
+        (redis.channels().await == vec!["taskstream:g1", "taskstream:g2"]).then_some(())
+    })
+    .await;
+    redis.publish("taskstream:g1", "after-1").await;
+    redis.publish("taskstream:g2", "after-2").await;
+    // The same connections, still open, receive again.
+    assert_eq!(recv_text(&mut a).await, "after-1");
+    assert_eq!(recv_text(&mut b).await, "after-2");
+    assert!(sc.metric("taskstream_redis_reconnects_total").await >= 1.0);
+    // A client that joins after the restart works too.
+    let mut c = connect(&sc.ws_url("groups=g3")).await;
+    redis.publish("taskstream:g3", "new").await;
+    assert_eq!(recv_text(&mut c).await, "new");
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn clients_connect_while_redis_is_down_and_receive_once_it_is_back() {
+    let mut redis = RedisServer::start().await;
+    let app = App::start().await;
+    let sc = sidecar(&redis, &app).await;
+    sc.wait_ready(200).await;
+    redis.kill();
+    sc.wait_ready(503).await;
+    let mut a = connect(&sc.ws_url("groups=late")).await;
+    redis.restart().await;
+    sc.wait_ready(200).await;
+    eventually("late group subscribed", || async {
+        (redis.channels().await == vec!["taskstream:late"]).then_some(())
+    })
+    .await;
+    redis.publish("taskstream:late", "hello").await;
+    assert_eq!(recv_text(&mut a).await, "hello");
+    sc.stop().await;
+}
