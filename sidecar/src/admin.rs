@@ -69,7 +69,10 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
             if admin.health.shutting_down() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
             } else if !admin.health.broker_up() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "broker (redis) not connected\n")
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "broker (redis) not connected\n",
+                )
             } else {
                 text(StatusCode::OK, "ready\n")
             }
@@ -77,7 +80,10 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, "/metrics") => {
             let mut out = String::new();
             if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &admin.registry) {
-                return text(StatusCode::INTERNAL_SERVER_ERROR, format!("encode metrics: {e}\n"));
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("encode metrics: {e}\n"),
+                );
             }
             let mut resp = Response::new(
                 Full::new(Bytes::from(out))
@@ -97,7 +103,10 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
             text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
         }
         (_, p) if p.starts_with("/publish/") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
-        _ => text(StatusCode::NOT_FOUND, "not found: /healthz /readyz /metrics POST /publish/<group>\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: /healthz /readyz /metrics POST /publish/<group>\n",
+        ),
     }
 }
 
@@ -105,12 +114,22 @@ async fn publish(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
     let raw = &req.uri().path()["/publish/".len()..];
     let group: String = match percent_decode(raw) {
         Some(g) if !g.is_empty() && !g.contains('/') => g,
-        _ => return text(StatusCode::BAD_REQUEST, "usage: POST /publish/<group> with the event as the body\n"),
+        _ => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "usage: POST /publish/<group> with the event as the body\n",
+            );
+        }
     };
-    let body = match Limited::new(req.into_body(), MAX_PUBLISH_BYTES).collect().await {
+    let body = match Limited::new(req.into_body(), MAX_PUBLISH_BYTES)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 return text(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("event larger than {MAX_PUBLISH_BYTES} bytes\n"),

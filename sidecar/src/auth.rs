@@ -52,7 +52,11 @@ impl Rejection {
         }
     }
     fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, RejectReason::Unauthorized, message)
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            RejectReason::Unauthorized,
+            message,
+        )
     }
     fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, RejectReason::Forbidden, message)
@@ -93,8 +97,8 @@ impl WsQuery {
 
 enum Mode {
     Jwt {
-        key: DecodingKey,
-        validation: Validation,
+        key: Box<DecodingKey>,
+        validation: Box<Validation>,
         groups_claim: String,
         user_group: String,
     },
@@ -147,8 +151,8 @@ impl Authenticator {
                 validation.leeway = 30;
                 validation.set_required_spec_claims(&["exp"]);
                 Mode::Jwt {
-                    key,
-                    validation,
+                    key: Box::new(key),
+                    validation: Box::new(validation),
                     groups_claim: groups_claim.clone(),
                     user_group: user_group.clone(),
                 }
@@ -225,8 +229,10 @@ impl Authenticator {
                 out.headers_mut().append(h.clone(), v.clone());
             }
         }
-        out.headers_mut()
-            .insert(header::ACCEPT, http::HeaderValue::from_static("application/json"));
+        out.headers_mut().insert(
+            header::ACCEPT,
+            http::HeaderValue::from_static("application/json"),
+        );
         let call = async {
             let resp = self.upstream.send(out).await?;
             let status = resp.status();
@@ -414,7 +420,10 @@ mod tests {
         let err = narrow(id(&["a"]), Some(&["a".into(), "c".into()])).unwrap_err();
         assert_eq!(err.status, StatusCode::FORBIDDEN);
         assert!(err.message.contains("\"c\""));
-        assert_eq!(narrow(id(&[]), None).unwrap_err().status, StatusCode::FORBIDDEN);
+        assert_eq!(
+            narrow(id(&[]), None).unwrap_err().status,
+            StatusCode::FORBIDDEN
+        );
         assert_eq!(
             narrow(id(&["a b"]), None).unwrap_err().status,
             StatusCode::BAD_REQUEST
@@ -432,8 +441,14 @@ mod tests {
 
     #[test]
     fn user_group_template() {
-        assert_eq!(user_group_of("user:{sub}", "42").as_deref(), Some("user:42"));
-        assert_eq!(user_group_of("user_{sub}_tasks", "42").as_deref(), Some("user_42_tasks"));
+        assert_eq!(
+            user_group_of("user:{sub}", "42").as_deref(),
+            Some("user:42")
+        );
+        assert_eq!(
+            user_group_of("user_{sub}_tasks", "42").as_deref(),
+            Some("user_42_tasks")
+        );
         assert_eq!(user_group_of("", "42"), None);
     }
 }

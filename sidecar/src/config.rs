@@ -53,7 +53,11 @@ pub struct Args {
     pub admin_listen: SocketAddr,
 
     /// The app every non-WebSocket request is proxied to.
-    #[arg(long, env = "TASKSTREAM_UPSTREAM", default_value = "http://127.0.0.1:8000")]
+    #[arg(
+        long,
+        env = "TASKSTREAM_UPSTREAM",
+        default_value = "http://127.0.0.1:8000"
+    )]
     pub upstream: String,
 
     /// Path the sidecar terminates WebSockets on (exact match; a trailing slash is optional).
@@ -130,7 +134,12 @@ pub struct Args {
     pub shutdown_grace: Duration,
 
     /// Log format.
-    #[arg(long, env = "TASKSTREAM_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "TASKSTREAM_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 }
 
@@ -407,7 +416,9 @@ mod tests {
         let err = args(&["--auth", "none"]).unwrap_err();
         assert!(err.contains("--redis-url"), "{err}");
         let cfg = args(&["--auth", "none", "--redis-url", "redis://127.0.0.1:6379"]).unwrap();
-        assert!(matches!(cfg.broker, BrokerConfig::Redis { ref channel_prefix, .. } if channel_prefix == "taskstream:"));
+        assert!(
+            matches!(cfg.broker, BrokerConfig::Redis { ref channel_prefix, .. } if channel_prefix == "taskstream:")
+        );
     }
 
     #[test]
@@ -426,30 +437,78 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.contains("only one"), "{err}");
-        let err = args(&["--auth", "jwt", "--broker", "memory", "--jwt-secret", "short"]).unwrap_err();
+        let err = args(&[
+            "--auth",
+            "jwt",
+            "--broker",
+            "memory",
+            "--jwt-secret",
+            "short",
+        ])
+        .unwrap_err();
         assert!(err.contains("16 bytes"), "{err}");
     }
 
     #[test]
     fn bad_values_name_the_flag() {
-        let err = args(&["--auth", "none", "--broker", "memory", "--upstream", "ftp://x"]).unwrap_err();
+        let err = args(&[
+            "--auth",
+            "none",
+            "--broker",
+            "memory",
+            "--upstream",
+            "ftp://x",
+        ])
+        .unwrap_err();
         assert!(err.contains("--upstream"), "{err}");
         let err = args(&["--auth", "none", "--broker", "memory", "--ws-path", "ws"]).unwrap_err();
         assert!(err.contains("--ws-path"), "{err}");
-        let err = args(&["--auth", "none", "--broker", "memory", "--allowed-origins", "example.com"]).unwrap_err();
+        let err = args(&[
+            "--auth",
+            "none",
+            "--broker",
+            "memory",
+            "--allowed-origins",
+            "example.com",
+        ])
+        .unwrap_err();
         assert!(err.contains("--allowed-origins"), "{err}");
-        let err = args(&["--auth", "none", "--broker", "memory", "--ping-interval", "soon"]).unwrap_err();
+        let err = args(&[
+            "--auth",
+            "none",
+            "--broker",
+            "memory",
+            "--ping-interval",
+            "soon",
+        ])
+        .unwrap_err();
         assert!(err.contains("--ping-interval"), "{err}");
     }
 
     #[test]
     fn origins_parse() {
-        let cfg = args(&["--auth", "none", "--broker", "memory", "--allowed-origins", "https://A.example.com/,http://b:8080"]).unwrap();
+        let cfg = args(&[
+            "--auth",
+            "none",
+            "--broker",
+            "memory",
+            "--allowed-origins",
+            "https://A.example.com/,http://b:8080",
+        ])
+        .unwrap();
         assert_eq!(
             cfg.allowed_origins,
             AllowedOrigins::List(vec!["https://a.example.com".into(), "http://b:8080".into()])
         );
-        let cfg = args(&["--auth", "none", "--broker", "memory", "--allowed-origins", "*"]).unwrap();
+        let cfg = args(&[
+            "--auth",
+            "none",
+            "--broker",
+            "memory",
+            "--allowed-origins",
+            "*",
+        ])
+        .unwrap();
         assert_eq!(cfg.allowed_origins, AllowedOrigins::Any);
     }
 }

@@ -69,18 +69,36 @@ pub async fn run(
     let upstream = Upstream::new(config.upstream.clone(), metrics.clone());
     let auth = Authenticator::new(&config.auth, upstream.clone())?;
     if matches!(config.auth, AuthConfig::None) {
-        warn!("--auth none: any client may join any group it names; use only for local development");
+        warn!(
+            "--auth none: any client may join any group it names; use only for local development"
+        );
     }
 
     let public = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| Error::Bind { what: "--listen", addr: config.listen, source })?;
+        .map_err(|source| Error::Bind {
+            what: "--listen",
+            addr: config.listen,
+            source,
+        })?;
     let admin_listener = TcpListener::bind(config.admin_listen)
         .await
-        .map_err(|source| Error::Bind { what: "--admin-listen", addr: config.admin_listen, source })?;
+        .map_err(|source| Error::Bind {
+            what: "--admin-listen",
+            addr: config.admin_listen,
+            source,
+        })?;
     let bound = Bound {
-        public: public.local_addr().map_err(|source| Error::Bind { what: "--listen", addr: config.listen, source })?,
-        admin: admin_listener.local_addr().map_err(|source| Error::Bind { what: "--admin-listen", addr: config.admin_listen, source })?,
+        public: public.local_addr().map_err(|source| Error::Bind {
+            what: "--listen",
+            addr: config.listen,
+            source,
+        })?,
+        admin: admin_listener.local_addr().map_err(|source| Error::Bind {
+            what: "--admin-listen",
+            addr: config.admin_listen,
+            source,
+        })?,
     };
 
     let broker_stop = CancellationToken::new();
@@ -90,7 +108,10 @@ pub async fn run(
             metrics.broker_up.set(1);
             None
         }
-        BrokerConfig::Redis { url, channel_prefix } => {
+        BrokerConfig::Redis {
+            url,
+            channel_prefix,
+        } => {
             let redis = Arc::new(
                 RedisBroker::new(url, channel_prefix.clone())
                     .map_err(|e| ConfigError::new("--redis-url", format!("invalid: {e}")))?,
@@ -110,7 +131,11 @@ pub async fn run(
     };
 
     let admin_stop = CancellationToken::new();
-    let admin = Arc::new(Admin { health: health.clone(), registry, broker });
+    let admin = Arc::new(Admin {
+        health: health.clone(),
+        registry,
+        broker,
+    });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin, admin_stop.clone()));
 
     let shared = Arc::new(Shared {
@@ -135,8 +160,14 @@ pub async fn run(
     shared.shutdown.cancel();
     let _ = server.await;
     shared.tasks.close();
-    if tokio::time::timeout(shared.config.shutdown_grace, shared.tasks.wait()).await.is_err() {
-        warn!(left = shared.tasks.len(), "shutdown grace ran out; dropping remaining connections");
+    if tokio::time::timeout(shared.config.shutdown_grace, shared.tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            left = shared.tasks.len(),
+            "shutdown grace ran out; dropping remaining connections"
+        );
     }
     broker_stop.cancel();
     if let Some((_, task)) = broker_task {

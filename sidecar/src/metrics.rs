@@ -77,7 +77,11 @@ impl Metrics {
     /// Registers every metric under the `taskstream` prefix.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("taskstream");
-        r.register("connections", "WebSocket clients connected now", self.connections.clone());
+        r.register(
+            "connections",
+            "WebSocket clients connected now",
+            self.connections.clone(),
+        );
         r.register(
             "connections_rejected",
             "WebSocket handshakes refused, by reason",
@@ -88,20 +92,36 @@ impl Metrics {
             "WebSocket connections ended, by reason",
             self.connections_closed.clone(),
         );
-        r.register("events_received", "Events received from the broker", self.events_received.clone());
+        r.register(
+            "events_received",
+            "Events received from the broker",
+            self.events_received.clone(),
+        );
         r.register(
             "events_delivered",
             "Events queued to a client (one per client)",
             self.events_delivered.clone(),
         );
-        r.register("events_dropped", "Events not delivered, by reason", self.events_dropped.clone());
+        r.register(
+            "events_dropped",
+            "Events not delivered, by reason",
+            self.events_dropped.clone(),
+        );
         r.register(
             "groups_subscribed",
             "Groups with at least one local client",
             self.groups_subscribed.clone(),
         );
-        r.register("broker_up", "1 while the broker connection is up", self.broker_up.clone());
-        r.register("redis_reconnects", "Redis connections re-established", self.redis_reconnects.clone());
+        r.register(
+            "broker_up",
+            "1 while the broker connection is up",
+            self.broker_up.clone(),
+        );
+        r.register(
+            "redis_reconnects",
+            "Redis connections re-established",
+            self.redis_reconnects.clone(),
+        );
         r.register(
             "proxied_requests",
             "Requests proxied to the app, by status class (1xx..5xx, error)",
@@ -110,15 +130,21 @@ impl Metrics {
     }
 
     pub fn rejected(&self, reason: RejectReason) {
-        self.connections_rejected.get_or_create(&RejectLabel { reason }).inc();
+        self.connections_rejected
+            .get_or_create(&RejectLabel { reason })
+            .inc();
     }
 
     pub fn closed(&self, reason: CloseReason) {
-        self.connections_closed.get_or_create(&CloseLabel { reason }).inc();
+        self.connections_closed
+            .get_or_create(&CloseLabel { reason })
+            .inc();
     }
 
     pub fn dropped(&self, reason: DropReason) {
-        self.events_dropped.get_or_create(&DropLabel { reason }).inc();
+        self.events_dropped
+            .get_or_create(&DropLabel { reason })
+            .inc();
     }
 
     pub fn proxied(&self, status: Option<u16>) {
@@ -130,6 +156,8 @@ impl Metrics {
             Some(_) => "5xx",
             None => "error",
         };
-        self.proxied_requests.get_or_create(&ClassLabel { class }).inc();
+        self.proxied_requests
+            .get_or_create(&ClassLabel { class })
+            .inc();
     }
 }

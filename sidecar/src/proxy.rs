@@ -133,10 +133,10 @@ impl Upstream {
         };
         self.metrics.proxied(Some(resp.status().as_u16()));
 
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_upgrade) = client_upgrade {
-                return splice_upgrade(resp, client_upgrade);
-            }
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            return splice_upgrade(resp, client_upgrade);
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -209,10 +209,7 @@ pub fn forward_headers(incoming: &HeaderMap, peer: SocketAddr, upgrade: bool) ->
         }
     }
     let peer_ip = peer.ip().to_string();
-    let xff = match incoming
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-    {
+    let xff = match incoming.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {peer_ip}"),
         _ => peer_ip,
     };
@@ -222,10 +219,10 @@ pub fn forward_headers(incoming: &HeaderMap, peer: SocketAddr, upgrade: bool) ->
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
-    if !headers.contains_key(&X_FORWARDED_HOST) {
-        if let Some(host) = incoming.get(header::HOST).cloned() {
-            headers.insert(X_FORWARDED_HOST.clone(), host);
-        }
+    if !headers.contains_key(&X_FORWARDED_HOST)
+        && let Some(host) = incoming.get(header::HOST).cloned()
+    {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     headers
 }
@@ -242,7 +239,10 @@ mod tests {
     fn forwarded_headers_are_added_and_hop_by_hop_dropped() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("app.example.com"));
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::COOKIE, HeaderValue::from_static("sessionid=abc"));
@@ -270,7 +270,10 @@ mod tests {
     #[test]
     fn upgrade_headers_survive_for_passthrough() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         assert!(is_upgrade(&h));
         let out = forward_headers(&h, peer(), true);

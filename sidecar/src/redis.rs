@@ -118,9 +118,7 @@ impl RedisBroker {
                 sink,
                 subscribed: BTreeSet::new(),
             };
-            let ended = session
-                .serve(stream, &health, &metrics, &shutdown)
-                .await;
+            let ended = session.serve(stream, &health, &metrics, &shutdown).await;
             health.set_broker_up(false);
             metrics.broker_up.set(0);
             hub.unconfirm_all();
@@ -239,7 +237,12 @@ impl Session<'_> {
             // Groups re-created while still subscribed need their confirmation back too.
             self.hub
                 .set_confirmed(self.subscribed.iter().map(String::as_str), true);
-            if self.hub.wanted().into_iter().eq(self.subscribed.iter().cloned()) {
+            if self
+                .hub
+                .wanted()
+                .into_iter()
+                .eq(self.subscribed.iter().cloned())
+            {
                 break;
             }
         }
@@ -288,7 +291,10 @@ mod tests {
 
     #[test]
     fn redaction_hides_credentials() {
-        assert_eq!(redacted("redis://:s3cret@redis:6379/0"), "redis://redis:6379/0");
+        assert_eq!(
+            redacted("redis://:s3cret@redis:6379/0"),
+            "redis://redis:6379/0"
+        );
         assert_eq!(redacted("rediss://u:p@w@h:1"), "rediss://h:1");
         assert_eq!(redacted("redis://h:1"), "redis://h:1");
     }

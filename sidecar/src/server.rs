@@ -115,9 +115,18 @@ fn reject(shared: &Shared, status: StatusCode, reason: RejectReason, msg: &str) 
     text(status, format!("{msg}\n"))
 }
 
-async fn handshake(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn handshake(
+    shared: Arc<Shared>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     if shared.health.shutting_down() {
-        return reject(&shared, StatusCode::SERVICE_UNAVAILABLE, RejectReason::ShuttingDown, "shutting down, reconnect");
+        return reject(
+            &shared,
+            StatusCode::SERVICE_UNAVAILABLE,
+            RejectReason::ShuttingDown,
+            "shutting down, reconnect",
+        );
     }
     let headers = req.headers();
     let is_ws = crate::proxy::is_upgrade(headers)
@@ -135,23 +144,51 @@ async fn handshake(shared: Arc<Shared>, mut req: Request<Incoming>, peer: Socket
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         return resp;
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
-        return reject(&shared, StatusCode::BAD_REQUEST, RejectReason::BadRequest, "unsupported Sec-WebSocket-Version (need 13)");
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
+        return reject(
+            &shared,
+            StatusCode::BAD_REQUEST,
+            RejectReason::BadRequest,
+            "unsupported Sec-WebSocket-Version (need 13)",
+        );
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return reject(&shared, StatusCode::BAD_REQUEST, RejectReason::BadRequest, "missing Sec-WebSocket-Key");
+        return reject(
+            &shared,
+            StatusCode::BAD_REQUEST,
+            RejectReason::BadRequest,
+            "missing Sec-WebSocket-Key",
+        );
     };
     if let Err(why) = check_origin(&shared.config.allowed_origins, headers) {
         info!(%peer, origin = why, "refused websocket from a foreign origin (cross-site websocket hijacking?); add it to --allowed-origins if it is yours");
-        return reject(&shared, StatusCode::FORBIDDEN, RejectReason::Origin, "origin not allowed");
+        return reject(
+            &shared,
+            StatusCode::FORBIDDEN,
+            RejectReason::Origin,
+            "origin not allowed",
+        );
     }
     let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
         warn!(%peer, max = shared.config.max_connections, "connection limit reached; answering 503 (raise --max-connections or add replicas)");
-        return reject(&shared, StatusCode::SERVICE_UNAVAILABLE, RejectReason::Limit, "too many connections, try again later");
+        return reject(
+            &shared,
+            StatusCode::SERVICE_UNAVAILABLE,
+            RejectReason::Limit,
+            "too many connections, try again later",
+        );
     };
     let identity = match shared.auth.authenticate(&req).await {
         Ok(id) => id,
-        Err(Rejection { status, reason, message }) => {
+        Err(Rejection {
+            status,
+            reason,
+            message,
+        }) => {
             debug!(%peer, %status, why = %message, "websocket handshake refused");
             return reject(&shared, status, reason, &message);
         }
@@ -179,7 +216,9 @@ async fn handshake(shared: Arc<Shared>, mut req: Request<Incoming>, peer: Socket
             .max_write_buffer_size(usize::MAX)
             .max_message_size(Some(shared2.config.max_message_bytes))
             .max_frame_size(Some(shared2.config.max_message_bytes));
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+                .await;
         session::run(ws, membership, &shared2, peer, identity.user).await;
         drop(permit);
     });
@@ -200,11 +239,15 @@ fn check_origin(allowed: &AllowedOrigins, headers: &http::HeaderMap) -> Result<(
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(()); // not a browser, or a same-origin request from an old one
     };
-    let origin = origin.to_str().unwrap_or("").trim_end_matches('/').to_ascii_lowercase();
+    let origin = origin
+        .to_str()
+        .unwrap_or("")
+        .trim_end_matches('/')
+        .to_ascii_lowercase();
     match allowed {
         AllowedOrigins::Any => Ok(()),
         AllowedOrigins::List(list) => {
-            if list.iter().any(|o| *o == origin) {
+            if list.contains(&origin) {
                 Ok(())
             } else {
                 Err(origin)
@@ -215,7 +258,13 @@ fn check_origin(allowed: &AllowedOrigins, headers: &http::HeaderMap) -> Result<(
                 .get("x-forwarded-host")
                 .or_else(|| headers.get(header::HOST))
                 .and_then(|v| v.to_str().ok())
-                .map(|h| h.split(',').next().unwrap_or("").trim().to_ascii_lowercase());
+                .map(|h| {
+                    h.split(',')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_ascii_lowercase()
+                });
             let origin_host = origin.split_once("://").map(|(_, h)| h);
             match (host, origin_host) {
                 (Some(h), Some(o)) if !h.is_empty() && same_host(&h, o) => Ok(()),
@@ -228,7 +277,9 @@ fn check_origin(allowed: &AllowedOrigins, headers: &http::HeaderMap) -> Result<(
 /// `host[:port]` equality where a missing port and the scheme's default port agree.
 fn same_host(a: &str, b: &str) -> bool {
     fn strip(h: &str) -> &str {
-        h.strip_suffix(":80").or_else(|| h.strip_suffix(":443")).unwrap_or(h)
+        h.strip_suffix(":80")
+            .or_else(|| h.strip_suffix(":443"))
+            .unwrap_or(h)
     }
     a == b || strip(a) == strip(b)
 }
@@ -257,10 +308,46 @@ mod tests {
     fn same_host_origin_policy() {
         let same = AllowedOrigins::SameHost;
         assert!(check_origin(&same, &headers(&[("host", "app.example.com")])).is_ok());
-        assert!(check_origin(&same, &headers(&[("host", "app.example.com"), ("origin", "https://app.example.com")])).is_ok());
-        assert!(check_origin(&same, &headers(&[("host", "localhost:8080"), ("origin", "http://localhost:8080")])).is_ok());
-        assert!(check_origin(&same, &headers(&[("host", "app.example.com"), ("origin", "https://evil.example")])).is_err());
-        assert!(check_origin(&same, &headers(&[("host", "localhost:8080"), ("origin", "http://localhost:9999")])).is_err());
+        assert!(
+            check_origin(
+                &same,
+                &headers(&[
+                    ("host", "app.example.com"),
+                    ("origin", "https://app.example.com")
+                ])
+            )
+            .is_ok()
+        );
+        assert!(
+            check_origin(
+                &same,
+                &headers(&[
+                    ("host", "localhost:8080"),
+                    ("origin", "http://localhost:8080")
+                ])
+            )
+            .is_ok()
+        );
+        assert!(
+            check_origin(
+                &same,
+                &headers(&[
+                    ("host", "app.example.com"),
+                    ("origin", "https://evil.example")
+                ])
+            )
+            .is_err()
+        );
+        assert!(
+            check_origin(
+                &same,
+                &headers(&[
+                    ("host", "localhost:8080"),
+                    ("origin", "http://localhost:9999")
+                ])
+            )
+            .is_err()
+        );
         assert!(check_origin(&same, &headers(&[("origin", "https://app.example.com")])).is_err());
     }
 

@@ -47,11 +47,18 @@ impl RedisServer {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             if let Ok(mut c) = self.conn().await
-                && redis::cmd("PING").query_async::<String>(&mut c).await.is_ok()
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
             {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "redis-server did not answer PING on {}", self.port);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not answer PING on {}",
+                self.port
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

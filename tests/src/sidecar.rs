@@ -142,7 +142,14 @@ pub fn binary() -> PathBuf {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "taskstream-sidecar", "--bin", "taskstream-sidecar"])
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "taskstream-sidecar",
+                "--bin",
+                "taskstream-sidecar",
+            ])
             .current_dir(&root)
             .status()
             .expect("run cargo build for the sidecar binary");
@@ -169,7 +176,12 @@ impl SidecarProcess {
         let admin = loopback(free_port());
         let child = tokio::process::Command::new(binary())
             .kill_on_drop(true)
-            .args(["--listen", &public.to_string(), "--admin-listen", &admin.to_string()])
+            .args([
+                "--listen",
+                &public.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+            ])
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -233,5 +245,8 @@ pub fn run_binary(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) 
         .env_remove("TASKSTREAM_AUTH")
         .output()
         .expect("run taskstream-sidecar");
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

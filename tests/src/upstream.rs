@@ -33,7 +33,11 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
 fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()).map_err(|n| match n {}).boxed_unsync());
+    let mut r = Response::new(
+        Full::new(body.into())
+            .map_err(|n| match n {})
+            .boxed_unsync(),
+    );
     *r.status_mut() = status;
     r
 }
@@ -54,6 +58,7 @@ struct State {
     auth: Option<AuthAnswer>,
     last_auth_headers: Option<HeaderMap>,
     last_auth_query: Option<String>,
+    slow_started: usize,
 }
 
 /// The app, running until dropped.
@@ -71,7 +76,9 @@ impl App {
         let st = state.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let st = st.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
@@ -96,10 +103,17 @@ impl App {
         self.state.lock().unwrap().auth = Some(answer);
     }
 
+    /// How many `/slow` requests reached the app.
+    pub fn slow_started(&self) -> usize {
+        self.state.lock().unwrap().slow_started
+    }
+
     /// Headers and query of the last `/ws-auth/` request.
     pub fn last_auth(&self) -> Option<(HeaderMap, Option<String>)> {
         let s = self.state.lock().unwrap();
-        s.last_auth_headers.clone().map(|h| (h, s.last_auth_query.clone()))
+        s.last_auth_headers
+            .clone()
+            .map(|h| (h, s.last_auth_query.clone()))
     }
 }
 
@@ -119,10 +133,16 @@ async fn handle(state: Arc<Mutex<State>>, mut req: Request<Incoming>) -> Respons
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
             .collect();
-        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let v = json!({"method": method, "uri": uri, "headers": headers, "body": String::from_utf8_lossy(&body)});
         let mut r = full(StatusCode::OK, v.to_string());
-        r.headers_mut().insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
         r.headers_mut().insert("x-app", "echo".parse().unwrap());
         return r;
     }
@@ -132,9 +152,13 @@ async fn handle(state: Arc<Mutex<State>>, mut req: Request<Incoming>) -> Respons
     }
     if let Some(code) = path.strip_prefix("/status/") {
         let code: u16 = code.parse().unwrap_or(500);
-        return full(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), format!("status {code}"));
+        return full(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            format!("status {code}"),
+        );
     }
     if path == "/slow" {
+        state.lock().unwrap().slow_started += 1;
         let ms: u64 = req
             .uri()
             .query()
@@ -152,9 +176,10 @@ async fn handle(state: Arc<Mutex<State>>, mut req: Request<Incoming>) -> Respons
             s.auth.clone()
         };
         return match answer {
-            Some(AuthAnswer::Allow { user, groups }) => {
-                full(StatusCode::OK, json!({"user": user, "groups": groups}).to_string())
-            }
+            Some(AuthAnswer::Allow { user, groups }) => full(
+                StatusCode::OK,
+                json!({"user": user, "groups": groups}).to_string(),
+            ),
             Some(AuthAnswer::Status(code)) => full(StatusCode::from_u16(code).unwrap(), ""),
             Some(AuthAnswer::Hang) => {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -170,7 +195,8 @@ async fn handle(state: Arc<Mutex<State>>, mut req: Request<Incoming>) -> Respons
         let on_upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             let Ok(up) = on_upgrade.await else { return };
-            let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
+            let mut ws =
+                WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
             while let Some(Ok(msg)) = ws.next().await {
                 if msg.is_text() || msg.is_binary() {
                     let _ = ws.send(msg).await;
@@ -179,8 +205,10 @@ async fn handle(state: Arc<Mutex<State>>, mut req: Request<Incoming>) -> Respons
         });
         let mut r = Response::new(Empty::new().map_err(|n| match n {}).boxed_unsync());
         *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        r.headers_mut().insert(header::UPGRADE, "websocket".parse().unwrap());
-        r.headers_mut().insert(header::CONNECTION, "Upgrade".parse().unwrap());
+        r.headers_mut()
+            .insert(header::UPGRADE, "websocket".parse().unwrap());
+        r.headers_mut()
+            .insert(header::CONNECTION, "Upgrade".parse().unwrap());
         r.headers_mut().insert(
             header::SEC_WEBSOCKET_ACCEPT,
             derive_accept_key(key.as_bytes()).parse().unwrap(),
@@ -210,13 +238,20 @@ pub async fn send(req: Request<Body>) -> (u16, String) {
         match client().request(req).await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
                 (status, String::from_utf8_lossy(&body).into_owned())
             }
             Err(_) => (0, String::new()),
         }
     };
-    tokio::time::timeout(crate::WAIT, fut).await.expect("http request within the wait")
+    tokio::time::timeout(crate::WAIT, fut)
+        .await
+        .expect("http request within the wait")
 }
 
 /// A request with a small body.
@@ -224,6 +259,10 @@ pub fn request(method: &str, url: &str, body: impl Into<Bytes>) -> Request<Body>
     Request::builder()
         .method(method)
         .uri(url)
-        .body(Full::new(body.into()).map_err(|n| match n {}).boxed_unsync())
+        .body(
+            Full::new(body.into())
+                .map_err(|n| match n {})
+                .boxed_unsync(),
+        )
         .expect("request")
 }

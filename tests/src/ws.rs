@@ -29,7 +29,9 @@ pub async fn connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Client,
 }
 
 pub async fn connect(url: &str) -> Client {
-    connect_with(url, &[]).await.unwrap_or_else(|s| panic!("handshake to {url} refused with {s}"))
+    connect_with(url, &[])
+        .await
+        .unwrap_or_else(|s| panic!("handshake to {url} refused with {s}"))
 }
 
 /// The next text frame (pings are answered by the library while reading).
@@ -63,5 +65,7 @@ pub async fn recv_close(ws: &mut Client) -> Option<CloseCode> {
 }
 
 pub async fn send_text(ws: &mut Client, text: &str) {
-    ws.send(Message::Text(text.into())).await.expect("send text");
+    ws.send(Message::Text(text.into()))
+        .await
+        .expect("send text");
 }

@@ -27,7 +27,11 @@ async fn events_reach_exactly_the_clients_of_their_group_in_order() {
     let mut c = connect(&sc.ws_url("groups=g3")).await;
 
     // The handshake completes only once the groups are subscribed, so nothing is lost here.
-    assert_eq!(redis.publish("taskstream:g1", r#"{"n":1}"#).await, 1, "one subscription per process, not per client");
+    assert_eq!(
+        redis.publish("taskstream:g1", r#"{"n":1}"#).await,
+        1,
+        "one subscription per process, not per client"
+    );
     redis.publish("taskstream:g2", r#"{"n":2}"#).await;
     redis.publish("taskstream:g1", r#"{"n":3}"#).await;
     redis.publish("other:g1", "wrong prefix").await;
@@ -57,7 +61,8 @@ async fn payload_is_relayed_verbatim_and_non_utf8_is_dropped_and_counted() {
     redis.publish("taskstream:g", unicode).await;
     assert_eq!(recv_text(&mut a).await, unicode);
     assert_eq!(
-        sc.metric("taskstream_events_dropped_total{reason=\"NonUtf8\"}").await,
+        sc.metric("taskstream_events_dropped_total{reason=\"NonUtf8\"}")
+            .await,
         1.0
     );
     sc.stop().await;
@@ -71,7 +76,10 @@ async fn groups_are_subscribed_only_while_they_have_local_clients() {
     assert!(redis.channels().await.is_empty());
     let a = connect(&sc.ws_url("groups=g1,shared")).await;
     let b = connect(&sc.ws_url("groups=shared")).await;
-    assert_eq!(redis.channels().await, vec!["taskstream:g1", "taskstream:shared"]);
+    assert_eq!(
+        redis.channels().await,
+        vec!["taskstream:g1", "taskstream:shared"]
+    );
     drop(a);
     eventually("g1 unsubscribed after its last client left", || async {
         (redis.channels().await == vec!["taskstream:shared"]).then_some(())

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs every test of the project on a fresh Debian machine: installs what the tests need,
+# then the whole cargo workspace (unit, mocked-API, cross-component and — with KUBECONFIG —
+# cluster e2e tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/install-test-deps.sh
+cargo test --workspace --locked --all-targets

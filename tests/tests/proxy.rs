@@ -1,0 +1,195 @@
+//! Everything that is not the WebSocket path goes to the app untouched.
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use taskstream_tests::redis_server::RedisServer;
+use taskstream_tests::sidecar::{Sidecar, ws_url};
+use taskstream_tests::upstream::{App, client, request, send};
+use taskstream_tests::ws::{connect, recv_text, send_text};
+use taskstream_tests::{WAIT, free_port};
+
+async fn sidecar(redis: &RedisServer, upstream: &str) -> Sidecar {
+    Sidecar::start(&[
+        "--auth",
+        "none",
+        "--redis-url",
+        &redis.url(),
+        "--upstream",
+        upstream,
+    ])
+    .await
+}
+
+#[tokio::test]
+async fn methods_headers_and_bodies_reach_the_app() {
+    let redis = RedisServer::start().await;
+    let app = App::start().await;
+    let sc = sidecar(&redis, &app.url()).await;
+    for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+        let mut req = request(
+            method,
+            &format!("http://{}/echo/path?q=1&x=%20y", sc.public),
+            format!("body of {method}"),
+        );
+        req.headers_mut()
+            .insert("x-custom", "kept".parse().unwrap());
+        req.headers_mut()
+            .insert("cookie", "sessionid=abc".parse().unwrap());
+        let (status, body) = send(req).await;
+        assert_eq!(status, 200, "{method}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["method"], method);
+        assert_eq!(v["uri"], "/echo/path?q=1&x=%20y");
+        assert_eq!(v["body"], format!("body of {method}"));
+        let h = &v["headers"];
+        assert_eq!(h["x-custom"], "kept");
+        assert_eq!(h["cookie"], "sessionid=abc");
+        assert_eq!(
+            h["host"],
+            sc.public.to_string(),
+            "Host is the client's, as the app expects"
+        );
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], sc.public.to_string());
+    }
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn status_codes_and_response_headers_pass_through() {
+    let redis = RedisServer::start().await;
+    let app = App::start().await;
+    let sc = sidecar(&redis, &app.url()).await;
+    for code in [200u16, 201, 204, 301, 404, 418, 500, 503] {
+        let (status, _) = send(request(
+            "GET",
+            &format!("http://{}/status/{code}", sc.public),
+            "",
+        ))
+        .await;
+        assert_eq!(status, code);
+    }
+    let resp = client()
+        .request(request("GET", &format!("http://{}/echo", sc.public), ""))
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-app"], "echo");
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    assert_eq!(
+        sc.metric("taskstream_proxied_requests_total{class=\"4xx\"}")
+            .await,
+        2.0
+    );
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_stream_both_ways_without_buffering() {
+    let redis = RedisServer::start().await;
+    let app = App::start().await;
+    let sc = sidecar(&redis, &app.url()).await;
+    // The app echoes the request body as it arrives; we read each chunk back before sending
+    // the next, which only works if neither direction waits for the whole body.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, hyper::Error>>(1);
+    let body = StreamBody::new(tokio_stream_from(rx)).boxed_unsync();
+    let req = Request::post(format!("http://{}/stream", sc.public))
+        .body(body)
+        .unwrap();
+    let resp = tokio::time::timeout(WAIT, async {
+        tx.send(Ok(Frame::data(Bytes::from_static(b"chunk-1"))))
+            .await
+            .unwrap();
+        client().request(req).await.unwrap()
+    })
+    .await
+    .expect("response head arrives before the request body ends");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    for i in 1..=3 {
+        if i > 1 {
+            tx.send(Ok(Frame::data(Bytes::from(format!("chunk-{i}")))))
+                .await
+                .unwrap();
+        }
+        let mut chunk = Vec::new();
+        while chunk.len() < format!("chunk-{i}").len() {
+            let frame = tokio::time::timeout(WAIT, body.frame())
+                .await
+                .expect("echoed chunk arrives while the request is still open")
+                .expect("body open")
+                .expect("frame");
+            if let Ok(data) = frame.into_data() {
+                chunk.extend_from_slice(&data);
+            }
+        }
+        got.push(String::from_utf8(chunk).unwrap());
+    }
+    assert_eq!(got, ["chunk-1", "chunk-2", "chunk-3"]);
+    drop(tx);
+    sc.stop().await;
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test]
+async fn app_down_gives_502_with_a_short_body() {
+    let redis = RedisServer::start().await;
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let sc = sidecar(&redis, &closed).await;
+    let (status, body) = send(request(
+        "GET",
+        &format!("http://{}/anything", sc.public),
+        "",
+    ))
+    .await;
+    assert_eq!(status, 502);
+    assert!(body.contains("not reachable") && body.len() < 200, "{body}");
+    assert_eq!(
+        sc.metric("taskstream_proxied_requests_total{class=\"error\"}")
+            .await,
+        1.0
+    );
+    // The sidecar's own WebSocket path does not depend on the app.
+    let mut ws = connect(&sc.ws_url("groups=g")).await;
+    redis.publish("taskstream:g", "still relays").await;
+    assert_eq!(recv_text(&mut ws).await, "still relays");
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn websocket_upgrades_on_other_paths_are_passed_to_the_app() {
+    let redis = RedisServer::start().await;
+    let app = App::start().await;
+    let sc = sidecar(&redis, &app.url()).await;
+    let url = ws_url(sc.public, "").replace("/ws/tasks/", "/ws-echo/");
+    let mut ws = connect(&url).await;
+    for msg in ["hello app", "second"] {
+        send_text(&mut ws, msg).await;
+        assert_eq!(recv_text(&mut ws).await, msg);
+    }
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn plain_http_on_the_ws_path_is_told_to_upgrade() {
+    let redis = RedisServer::start().await;
+    let app = App::start().await;
+    let sc = sidecar(&redis, &app.url()).await;
+    let (status, body) = send(request(
+        "GET",
+        &format!("http://{}/ws/tasks/", sc.public),
+        "",
+    ))
+    .await;
+    assert_eq!(status, 426);
+    assert!(body.contains("WebSocket"), "{body}");
+    sc.stop().await;
+}
