@@ -1,1 +1,84 @@
-//! taskstream operator: reconciles `TaskStream` resources (group `taskstream.dev`).
+//! taskstream operator: reconciles `TaskStream` resources (group `taskstream.dev`) into the
+//! user's app with the taskstream sidecar in front of it.
+//!
+//! ```text
+//! main.rs ─> cli (clap) ─> run ─┬─> admin   (/healthz /readyz /metrics)
+//!                               └─> leader  (Lease) ─> controller ─┬─> resources (pure builders)
+//!                 ─> crd     (print the CRD)                       └─> status    (pure)
+//!                 ─> render  (print the children, offline; same builders)
+//! ```
+
+pub mod admin;
+pub mod cli;
+pub mod controller;
+pub mod crd;
+pub mod error;
+pub mod leader;
+pub mod metrics;
+pub mod render;
+pub mod resources;
+pub mod shutdown;
+pub mod status;
+
+#[cfg(test)]
+pub mod fixtures;
+
+use std::sync::Arc;
+
+use kube::Client;
+use tracing::info;
+
+pub use cli::{Cli, Command, RenderArgs, RunArgs};
+pub use error::{Error, Result};
+pub use shutdown::Shutdown;
+
+/// Runs the operator until `shutdown`: admin server, then the controller (under leader
+/// election unless disabled). `args` must have passed [`RunArgs::validate`].
+pub async fn run(args: RunArgs, shutdown: Shutdown) -> Result<()> {
+    let RunArgs {
+        namespace,
+        sidecar_image,
+        admin_listen,
+        leader_election,
+        lease_name,
+        lease_namespace,
+        lease_identity,
+        lease_duration_seconds,
+        lease_grace_seconds,
+        log_format: _,
+    } = args;
+
+    let listener = admin::bind(admin_listen).await?;
+    let (metrics, registry) = metrics::Metrics::registered();
+    let health = Arc::new(admin::Health::default());
+    let admin = tokio::spawn(admin::serve(
+        listener,
+        Arc::new(registry),
+        health.clone(),
+        shutdown.clone(),
+    ));
+
+    let client = Client::try_default().await.map_err(Error::Client)?;
+    let params = resources::Params { sidecar_image };
+    let ctx = Arc::new(controller::Context::new(client, params, metrics));
+    health.set_ready(true);
+
+    let result = if leader_election {
+        let lease = leader::LeaseConfig {
+            name: lease_name,
+            namespace: lease_namespace,
+            identity: lease_identity,
+            duration_seconds: lease_duration_seconds,
+            grace_seconds: lease_grace_seconds,
+        };
+        leader::run(ctx, namespace, lease, shutdown.clone()).await
+    } else {
+        ctx.metrics.leader.set(1);
+        controller::run(ctx, namespace, shutdown.clone().wait()).await;
+        Ok(())
+    };
+    health.set_ready(false);
+    let _ = admin.await;
+    info!("stopped");
+    result
+}

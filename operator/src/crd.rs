@@ -1,0 +1,436 @@
+//! The `TaskStream` custom resource (`taskstream.dev/v1alpha1`): the user's contract.
+//!
+//! Everything here is data: the spec users write, the status the operator reports, and the
+//! schema-level validation (ranges, patterns and CEL rules) that makes `kubectl apply` refuse a
+//! bad spec before the operator ever sees it. Defaults live in the accessor methods at the
+//! bottom, so `resources/` never repeats a default.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvFromSource, EnvVar, Probe, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// API group of the TaskStream resource.
+pub const GROUP: &str = "taskstream.dev";
+/// API version of the TaskStream resource.
+pub const VERSION: &str = "v1alpha1";
+
+/// Default WebSocket path served by the sidecar.
+pub const DEFAULT_WS_PATH: &str = "/ws/tasks/";
+/// Default Redis channel prefix.
+pub const DEFAULT_CHANNEL_PREFIX: &str = "taskstream:";
+/// Default JWT claim holding the user's groups.
+pub const DEFAULT_GROUPS_CLAIM: &str = "groups";
+/// Default group template every authenticated user joins.
+pub const DEFAULT_USER_GROUP: &str = "user:{sub}";
+/// Default forward-auth path on the app.
+pub const DEFAULT_AUTH_PATH: &str = "/ws-auth/";
+/// Default forward-auth timeout.
+pub const DEFAULT_AUTH_TIMEOUT_MS: u32 = 5000;
+/// Default ping interval.
+pub const DEFAULT_PING_INTERVAL_SECONDS: u32 = 20;
+/// Default sidecar shutdown grace.
+pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u32 = 25;
+/// Default sidecar log filter.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+
+/// A web app with real-time task progress: the app container, with the taskstream sidecar in
+/// front of it.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "taskstream.dev",
+    version = "v1alpha1",
+    kind = "TaskStream",
+    namespaced,
+    status = "TaskStreamStatus",
+    shortname = "ts",
+    category = "all",
+    doc = "A web app with real-time task progress: the app with the taskstream sidecar in front of it",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "string",
+        description = "ready/desired replicas",
+        json_path = ".status.replicaSummary"
+    ),
+    printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskStreamSpec {
+    /// The user's app container. The sidecar proxies plain HTTP to it on localhost.
+    pub app: AppSpec,
+    /// Number of pods (default 1). A PodDisruptionBudget is created when greater than 1.
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: Option<i32>,
+    /// Where task progress messages come from.
+    pub redis: RedisSpec,
+    /// WebSocket endpoint settings.
+    pub websocket: Option<WebSocketSpec>,
+    /// How WebSocket clients are authenticated.
+    pub auth: AuthSpec,
+    /// The taskstream sidecar container.
+    pub sidecar: Option<SidecarSpec>,
+    /// Expose the app through an Ingress (networking.k8s.io/v1).
+    pub ingress: Option<IngressSpec>,
+}
+
+/// The user's app container.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AppSpec {
+    /// Container image of the app.
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// Port the app listens on (plain HTTP). 8080 and 9090 belong to the sidecar in the same pod.
+    #[schemars(range(min = 1, max = 65535))]
+    #[x_kube(validation = Rule::new("self != 8080 && self != 9090").message("app.port must not be 8080 or 9090: the sidecar listens there"))]
+    pub port: i32,
+    /// Entrypoint override.
+    pub command: Option<Vec<String>>,
+    /// Arguments to the entrypoint.
+    pub args: Option<Vec<String>>,
+    /// Environment variables of the app container.
+    pub env: Option<Vec<EnvVar>>,
+    /// Environment variables of the app container, from ConfigMaps or Secrets.
+    pub env_from: Option<Vec<EnvFromSource>>,
+    /// Compute resources of the app container.
+    pub resources: Option<ResourceRequirements>,
+    /// Readiness probe of the app container.
+    pub readiness_probe: Option<Probe>,
+    /// Liveness probe of the app container.
+    pub liveness_probe: Option<Probe>,
+}
+
+/// Redis connection of the sidecar.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.url) != has(self.urlSecretRef)").message("exactly one of redis.url and redis.urlSecretRef must be set"))]
+pub struct RedisSpec {
+    /// Redis URL (`redis://` or `rediss://`). Use `urlSecretRef` when it holds a password.
+    #[schemars(regex(pattern = r"^rediss?://"))]
+    pub url: Option<String>,
+    /// Secret key holding the Redis URL; passed to the sidecar by reference, never copied.
+    pub url_secret_ref: Option<SecretKeyRef>,
+    /// Prefix of the Redis channels (default `taskstream:`).
+    pub channel_prefix: Option<String>,
+}
+
+/// A key in a Secret of the TaskStream's namespace.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// WebSocket endpoint settings.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WebSocketSpec {
+    /// Path of the WebSocket endpoint (default `/ws/tasks/`); everything else goes to the app.
+    #[schemars(regex(pattern = r"^/"))]
+    pub path: Option<String>,
+    /// Maximum concurrent WebSocket connections per pod.
+    #[schemars(range(min = 1))]
+    pub max_connections: Option<u32>,
+    /// Maximum size of one client message, in bytes.
+    #[schemars(range(min = 1))]
+    pub max_message_bytes: Option<u32>,
+    /// Interval between server pings, in seconds (default 20).
+    #[schemars(range(min = 1, max = 3600))]
+    pub ping_interval_seconds: Option<u32>,
+    /// Origins allowed to connect (e.g. `https://app.example.com`); unset means same host only.
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+/// How WebSocket clients are authenticated.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.mode != 'jwt' || (has(self.jwt) && (has(self.jwt.secretRef) || has(self.jwt.publicKeyRef)))").message("auth.mode jwt needs auth.jwt.secretRef or auth.jwt.publicKeyRef"),
+    validation = Rule::new("self.mode == 'jwt' || !has(self.jwt)").message("auth.jwt is only allowed with auth.mode jwt"),
+    validation = Rule::new("self.mode == 'forward' || !has(self.forward)").message("auth.forward is only allowed with auth.mode forward")
+)]
+pub struct AuthSpec {
+    /// `jwt` (token checked by the sidecar), `forward` (the app decides) or `none`.
+    pub mode: AuthMode,
+    /// Settings of `jwt` mode.
+    pub jwt: Option<JwtSpec>,
+    /// Settings of `forward` mode.
+    pub forward: Option<ForwardSpec>,
+}
+
+/// Authentication mode of the sidecar.
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// A JWT (query parameter or cookie) checked by the sidecar.
+    #[default]
+    Jwt,
+    /// The sidecar asks the app (`forward.path`) whether the request may connect.
+    Forward,
+    /// Anyone may connect. Only for development.
+    None,
+}
+
+impl AuthMode {
+    /// The value of `TASKSTREAM_AUTH`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Jwt => "jwt",
+            AuthMode::Forward => "forward",
+            AuthMode::None => "none",
+        }
+    }
+}
+
+/// JWT verification settings.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.secretRef) && has(self.publicKeyRef))").message("set only one of auth.jwt.secretRef and auth.jwt.publicKeyRef"))]
+pub struct JwtSpec {
+    /// Secret key holding the HS256 shared secret.
+    pub secret_ref: Option<SecretKeyRef>,
+    /// Secret key holding a PEM public key (RS256/ES256), mounted into the sidecar as a file.
+    pub public_key_ref: Option<SecretKeyRef>,
+    /// Claim listing the user's groups (default `groups`).
+    pub groups_claim: Option<String>,
+    /// Template of the per-user group (default `user:{sub}`).
+    pub user_group: Option<String>,
+}
+
+/// Forward-auth settings.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ForwardSpec {
+    /// Path on the app that answers 2xx to allow a connection (default `/ws-auth/`).
+    #[schemars(regex(pattern = r"^/"))]
+    pub path: Option<String>,
+    /// Timeout of the auth request in milliseconds (default 5000).
+    #[schemars(range(min = 1, max = 60000))]
+    pub timeout_ms: Option<u32>,
+}
+
+/// The taskstream sidecar container.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarSpec {
+    /// Sidecar image (default: the operator's `--sidecar-image`).
+    pub image: Option<String>,
+    /// Compute resources of the sidecar.
+    pub resources: Option<ResourceRequirements>,
+    /// Run as a Kubernetes native sidecar (an init container with `restartPolicy: Always`,
+    /// Kubernetes >= 1.29). Default true; false puts it beside the app in `containers`.
+    pub native: Option<bool>,
+    /// Time the sidecar gives open connections to close on shutdown, in seconds (default 25).
+    /// The pod's termination grace period is this plus 10 s.
+    #[schemars(range(min = 1, max = 3600))]
+    pub shutdown_grace_seconds: Option<u32>,
+    /// `RUST_LOG` filter of the sidecar (default `info`).
+    pub log_level: Option<String>,
+}
+
+/// Ingress for the app and its WebSocket endpoint.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// Host name clients use.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// IngressClass name.
+    pub class_name: Option<String>,
+    /// Secret with the TLS certificate for `host`; when set, clients use `wss://`.
+    pub tls_secret_name: Option<String>,
+    /// Annotations of the Ingress, merged over the operator's WebSocket timeouts.
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// What the operator observed, for humans and tools.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskStreamStatus {
+    /// The `metadata.generation` this status describes.
+    pub observed_generation: Option<i64>,
+    /// Desired pods.
+    pub replicas: Option<i32>,
+    /// Pods ready.
+    pub ready_replicas: Option<i32>,
+    /// `ready/desired`, for `kubectl get`.
+    pub replica_summary: Option<String>,
+    /// The address WebSocket clients use (`ws://` or `wss://`).
+    pub url: Option<String>,
+    /// `Ready`, `Progressing` and `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+impl TaskStreamSpec {
+    /// Desired replicas.
+    pub fn replicas(&self) -> i32 {
+        self.replicas.unwrap_or(1)
+    }
+
+    /// The WebSocket path.
+    pub fn ws_path(&self) -> &str {
+        self.websocket
+            .as_ref()
+            .and_then(|w| w.path.as_deref())
+            .unwrap_or(DEFAULT_WS_PATH)
+    }
+
+    /// Whether the sidecar runs as a native sidecar.
+    pub fn native_sidecar(&self) -> bool {
+        self.sidecar.as_ref().and_then(|s| s.native).unwrap_or(true)
+    }
+
+    /// Sidecar shutdown grace in seconds.
+    pub fn shutdown_grace_seconds(&self) -> u32 {
+        self.sidecar
+            .as_ref()
+            .and_then(|s| s.shutdown_grace_seconds)
+            .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECONDS)
+    }
+
+    /// Every Secret key the pods need: the operator checks they exist before rolling pods.
+    pub fn secret_refs(&self) -> Vec<&SecretKeyRef> {
+        let mut refs = Vec::new();
+        refs.extend(self.redis.url_secret_ref.as_ref());
+        if self.auth.mode == AuthMode::Jwt
+            && let Some(jwt) = &self.auth.jwt
+        {
+            refs.extend(jwt.secret_ref.as_ref());
+            refs.extend(jwt.public_key_ref.as_ref());
+        }
+        refs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::{CustomResourceExt, Resource};
+
+    #[test]
+    fn api_version_is_pinned() {
+        assert_eq!(TaskStream::api_version(&()), "taskstream.dev/v1alpha1");
+        assert_eq!(TaskStream::kind(&()), "TaskStream");
+        assert_eq!(TaskStream::plural(&()), "taskstreams");
+        assert_eq!(format!("{GROUP}/{VERSION}"), "taskstream.dev/v1alpha1");
+    }
+
+    #[test]
+    fn crd_has_shortname_status_and_columns() {
+        let crd = TaskStream::crd();
+        assert_eq!(crd.spec.scope, "Namespaced");
+        assert_eq!(crd.spec.names.short_names, Some(vec!["ts".to_string()]));
+        let version = &crd.spec.versions[0];
+        assert!(
+            version
+                .subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some()
+        );
+        let columns: Vec<_> = version
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(columns, ["Ready", "Replicas", "URL", "Age"]);
+    }
+
+    #[test]
+    fn crd_carries_cel_rules_and_ranges() {
+        let json = serde_json::to_string(&TaskStream::crd()).expect("crd serializes");
+        for rule in [
+            "has(self.url) != has(self.urlSecretRef)",
+            "self.mode != 'jwt' || (has(self.jwt)",
+            "!(has(self.secretRef) && has(self.publicKeyRef))",
+            "self != 8080 && self != 9090",
+        ] {
+            assert!(json.contains(rule), "missing CEL rule {rule}");
+        }
+        assert!(json.contains(r#""pattern":"^/""#), "path pattern");
+        assert!(json.contains(r#""maximum":65535"#), "port range");
+        assert!(json.contains(r#""maximum":100"#), "replicas range");
+    }
+
+    #[test]
+    fn secret_refs_follow_the_auth_mode() {
+        let mut spec = TaskStreamSpec {
+            app: AppSpec::default(),
+            replicas: None,
+            redis: RedisSpec {
+                url_secret_ref: Some(SecretKeyRef {
+                    name: "redis".into(),
+                    key: "url".into(),
+                }),
+                ..Default::default()
+            },
+            websocket: None,
+            auth: AuthSpec {
+                mode: AuthMode::Jwt,
+                jwt: Some(JwtSpec {
+                    secret_ref: Some(SecretKeyRef {
+                        name: "jwt".into(),
+                        key: "secret".into(),
+                    }),
+                    ..Default::default()
+                }),
+                forward: None,
+            },
+            sidecar: None,
+            ingress: None,
+        };
+        assert_eq!(spec.secret_refs().len(), 2);
+        spec.auth.mode = AuthMode::None;
+        assert_eq!(spec.secret_refs().len(), 1);
+    }
+}
+
+/// The CRD as YAML, exactly as committed in `crds/taskstream.dev_taskstreams.yaml`.
+pub fn crd_yaml() -> Result<String, serde_norway::Error> {
+    use kube::CustomResourceExt;
+    let body = serde_norway::to_string(&TaskStream::crd())?;
+    Ok(format!(
+        "# Generated by `cargo run -p taskstream-operator -- crd`. Do not edit.\n{body}"
+    ))
+}
+
+#[cfg(test)]
+mod generated {
+    /// CI's guard against a stale CRD: the committed file must be what the types generate.
+    #[test]
+    fn committed_crd_is_up_to_date() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../crds/taskstream.dev_taskstreams.yaml"
+        );
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        let generated = super::crd_yaml().expect("crd serializes to yaml");
+        assert!(
+            committed == generated,
+            "crds/taskstream.dev_taskstreams.yaml is stale: run \
+             `cargo run -p taskstream-operator -- crd > crds/taskstream.dev_taskstreams.yaml` \
+             and commit the result"
+        );
+    }
+}

@@ -1,0 +1,112 @@
+//! The operator's one error type. Messages are lowercase and carry the object they concern;
+//! `metric_label()` gives each variant a stable, low-cardinality label for the error counter.
+
+use std::net::SocketAddr;
+
+/// Everything that can go wrong in the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Secret the TaskStream references does not exist.
+    #[error("taskstream {namespace}/{name}: secret {secret} not found")]
+    SecretNotFound {
+        namespace: String,
+        name: String,
+        secret: String,
+    },
+
+    /// A Secret exists but lacks the referenced key.
+    #[error("taskstream {namespace}/{name}: secret {secret} has no key {key}")]
+    SecretKeyNotFound {
+        namespace: String,
+        name: String,
+        secret: String,
+        key: String,
+    },
+
+    /// The spec got past the schema but cannot be built into objects.
+    #[error("taskstream {name}: invalid spec: {reason}")]
+    InvalidSpec { name: String, reason: String },
+
+    /// An object lacks a field the operator needs (a name or namespace).
+    #[error("{kind} has no {field}")]
+    MissingField {
+        kind: &'static str,
+        field: &'static str,
+    },
+
+    /// A Kubernetes API call failed.
+    #[error("{action} {kind} {namespace}/{name}: {source}")]
+    Kube {
+        action: &'static str,
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    /// Serializing an object failed.
+    #[error("serialize {what}: {source}")]
+    Serialize {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// Building a Kubernetes client failed.
+    #[error("kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+
+    /// Leader election failed.
+    #[error("leader election on lease {namespace}/{lease}: {source}")]
+    Lease {
+        namespace: String,
+        lease: String,
+        #[source]
+        source: kube_lease_manager::LeaseManagerError,
+    },
+
+    /// The admin HTTP server could not start.
+    #[error("admin server {addr}: {source}")]
+    AdminServer {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Reading or parsing a manifest for `render` failed.
+    #[error("manifest {path}: {reason}")]
+    Manifest { path: String, reason: String },
+}
+
+/// `Result` with the operator's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A stable label for the `taskstream_operator_reconcile_errors_total` counter.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::SecretNotFound { .. } => "secret_not_found",
+            Error::SecretKeyNotFound { .. } => "secret_key_not_found",
+            Error::InvalidSpec { .. } => "invalid_spec",
+            Error::MissingField { .. } => "missing_field",
+            Error::Kube { .. } => "kube_api",
+            Error::Serialize { .. } => "serialize",
+            Error::Client(_) => "client",
+            Error::Lease { .. } => "lease",
+            Error::AdminServer { .. } => "admin_server",
+            Error::Manifest { .. } => "manifest",
+        }
+    }
+
+    /// The `reason` of the `Degraded` condition and of the Warning Event, when the problem is
+    /// one the user can fix; `None` for operator-side failures (API errors), which are retried.
+    pub fn degraded_reason(&self) -> Option<&'static str> {
+        match self {
+            Error::SecretNotFound { .. } => Some("SecretNotFound"),
+            Error::SecretKeyNotFound { .. } => Some("SecretKeyNotFound"),
+            Error::InvalidSpec { .. } => Some("InvalidSpec"),
+            _ => None,
+        }
+    }
+}

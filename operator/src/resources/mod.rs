@@ -1,0 +1,163 @@
+//! Pure builders: a `TaskStream` in, the child objects the operator applies out.
+//!
+//! ```text
+//!                 ┌─> deployment.rs ─> Deployment (app + sidecar.rs container, config hash)
+//! TaskStream ─────┼─> service.rs ────> Service (http -> sidecar), PodDisruptionBudget (replicas > 1)
+//!  + Params       └─> ingress.rs ────> Ingress (WebSocket timeouts), status URL
+//! ```
+//!
+//! No API calls here: `controller` applies what these return, `render` prints it. Both see the
+//! same objects, which is what makes `render` honest.
+
+mod deployment;
+mod ingress;
+mod service;
+mod sidecar;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{AuthMode, TaskStream};
+use crate::error::{Error, Result};
+
+pub use deployment::{CONFIG_HASH_ANNOTATION, deployment};
+pub use ingress::{ingress, status_url};
+pub use service::{pdb, service};
+pub use sidecar::{ADMIN_PORT, HTTP_PORT, SIDECAR_CONTAINER};
+
+/// The one field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "taskstream-operator";
+/// `app.kubernetes.io/managed-by` value on every child; also the owned-object watch selector.
+pub const MANAGED_BY: &str = "taskstream-operator";
+
+/// Operator-wide inputs of the builders (from flags, not from the TaskStream).
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// Sidecar image used when `spec.sidecar.image` is unset.
+    pub sidecar_image: String,
+}
+
+/// Everything one TaskStream turns into. `None` means "must not exist".
+#[derive(Clone, Debug)]
+pub struct Children {
+    pub deployment: Deployment,
+    pub service: Service,
+    pub pdb: Option<PodDisruptionBudget>,
+    pub ingress: Option<Ingress>,
+}
+
+/// Builds every child of `ts`, after the checks the schema cannot make (or that `render`, which
+/// has no API server, needs made here).
+pub fn build(ts: &TaskStream, params: &Params) -> Result<Children> {
+    validate(ts)?;
+    Ok(Children {
+        deployment: deployment(ts, params)?,
+        service: service(ts)?,
+        pdb: pdb(ts)?,
+        ingress: ingress(ts)?,
+    })
+}
+
+/// Mirrors the CRD's CEL rules: a spec reaching us through `render` never met the API server.
+pub fn validate(ts: &TaskStream) -> Result<()> {
+    let invalid = |reason: &str| Error::InvalidSpec {
+        name: ts.name_any(),
+        reason: reason.to_string(),
+    };
+    let spec = &ts.spec;
+    if spec.redis.url.is_some() == spec.redis.url_secret_ref.is_some() {
+        return Err(invalid(
+            "exactly one of redis.url and redis.urlSecretRef must be set",
+        ));
+    }
+    if !(1..=65535).contains(&spec.app.port) || [HTTP_PORT, ADMIN_PORT].contains(&spec.app.port) {
+        return Err(invalid("app.port must be 1-65535 and not 8080 or 9090"));
+    }
+    if !spec.ws_path().starts_with('/') {
+        return Err(invalid("websocket.path must start with /"));
+    }
+    if spec.replicas() < 0 {
+        return Err(invalid("replicas must not be negative"));
+    }
+    match spec.auth.mode {
+        AuthMode::Jwt => {
+            let jwt = spec.auth.jwt.as_ref();
+            let keys = jwt.map_or(0, |j| {
+                usize::from(j.secret_ref.is_some()) + usize::from(j.public_key_ref.is_some())
+            });
+            if keys != 1 {
+                return Err(invalid(
+                    "auth.mode jwt needs exactly one of auth.jwt.secretRef and auth.jwt.publicKeyRef",
+                ));
+            }
+        }
+        AuthMode::Forward => {
+            if let Some(path) = spec.auth.forward.as_ref().and_then(|f| f.path.as_deref())
+                && !path.starts_with('/')
+            {
+                return Err(invalid("auth.forward.path must start with /"));
+            }
+        }
+        AuthMode::None => {}
+    }
+    if let Some(ing) = &spec.ingress
+        && ing.host.is_empty()
+    {
+        return Err(invalid("ingress.host must not be empty"));
+    }
+    Ok(())
+}
+
+/// Labels that select the TaskStream's pods.
+pub fn selector_labels(ts: &TaskStream) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "taskstream".to_string(),
+        ),
+        ("app.kubernetes.io/instance".to_string(), ts.name_any()),
+    ])
+}
+
+/// Labels on every child object.
+pub fn labels(ts: &TaskStream) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(ts);
+    labels.insert("app.kubernetes.io/managed-by".into(), MANAGED_BY.into());
+    labels
+}
+
+/// Metadata of a child named after the TaskStream, owned by it.
+///
+/// The owner reference needs the TaskStream's uid; `render` works on a manifest that has none,
+/// so there the reference is left out (and the operator adds it when it applies).
+pub fn child_meta(ts: &TaskStream) -> Result<ObjectMeta> {
+    let name = ts.metadata.name.clone().ok_or(Error::MissingField {
+        kind: "TaskStream",
+        field: "metadata.name",
+    })?;
+    let namespace = ts.metadata.namespace.clone().ok_or(Error::MissingField {
+        kind: "TaskStream",
+        field: "metadata.namespace",
+    })?;
+    Ok(ObjectMeta {
+        name: Some(name),
+        namespace: Some(namespace),
+        labels: Some(labels(ts)),
+        owner_references: owner_ref(ts).map(|o| vec![o]),
+        ..Default::default()
+    })
+}
+
+/// The controller owner reference to `ts`, if it has a uid.
+pub fn owner_ref(ts: &TaskStream) -> Option<OwnerReference> {
+    ts.controller_owner_ref(&())
+}

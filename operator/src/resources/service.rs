@@ -1,0 +1,65 @@
+//! The Service (port `http` -> the sidecar, never the app directly) and the
+//! PodDisruptionBudget that keeps one pod up during voluntary disruptions when there are several.
+
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{child_meta, selector_labels};
+use crate::crd::TaskStream;
+use crate::error::Result;
+
+/// Port of the Service's `http` port.
+pub const SERVICE_PORT: i32 = 80;
+/// Port of the Service's `admin` port (metrics scraping).
+pub const SERVICE_ADMIN_PORT: i32 = 9090;
+
+/// The ClusterIP Service in front of the sidecar.
+pub fn service(ts: &TaskStream) -> Result<Service> {
+    Ok(Service {
+        metadata: child_meta(ts)?,
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels(ts)),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("http".into()),
+                    port: SERVICE_PORT,
+                    target_port: Some(IntOrString::String("http".into())),
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                },
+                ServicePort {
+                    name: Some("admin".into()),
+                    port: SERVICE_ADMIN_PORT,
+                    target_port: Some(IntOrString::String("admin".into())),
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// The PodDisruptionBudget, only when there is more than one replica: with one, a PDB would
+/// block node drains forever.
+pub fn pdb(ts: &TaskStream) -> Result<Option<PodDisruptionBudget>> {
+    if ts.spec.replicas() <= 1 {
+        return Ok(None);
+    }
+    Ok(Some(PodDisruptionBudget {
+        metadata: child_meta(ts)?,
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(ts)),
+                match_expressions: None,
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }))
+}

@@ -1,0 +1,240 @@
+//! The taskstream sidecar container: its whole configuration comes from the spec, as the
+//! `TASKSTREAM_*` environment variables the sidecar binary reads.
+//!
+//! Secrets are passed by reference (`secretKeyRef`, or a Secret volume for a PEM key), so no
+//! secret value ever lands in the Deployment.
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, Probe,
+    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::Params;
+use crate::crd::{
+    AuthMode, DEFAULT_AUTH_PATH, DEFAULT_AUTH_TIMEOUT_MS, DEFAULT_CHANNEL_PREFIX,
+    DEFAULT_GROUPS_CLAIM, DEFAULT_LOG_LEVEL, DEFAULT_PING_INTERVAL_SECONDS, DEFAULT_USER_GROUP,
+    SecretKeyRef, TaskStreamSpec,
+};
+
+/// Name of the sidecar container.
+pub const SIDECAR_CONTAINER: &str = "taskstream-sidecar";
+/// Port of the sidecar's public listener (named `http`).
+pub const HTTP_PORT: i32 = 8080;
+/// Port of the sidecar's admin listener (named `admin`).
+pub const ADMIN_PORT: i32 = 9090;
+/// Where a JWT public key Secret is mounted.
+pub const JWT_KEY_DIR: &str = "/etc/taskstream/jwt";
+/// Name of the JWT public key volume.
+pub const JWT_KEY_VOLUME: &str = "taskstream-jwt-key";
+/// The non-root user the sidecar image runs as (distroless `nonroot`).
+const SIDECAR_UID: i64 = 65532;
+
+fn plain(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+fn from_secret(name: &str, r: &SecretKeyRef) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: r.name.clone(),
+                key: r.key.clone(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The sidecar's environment, in a fixed order (so the config hash is stable).
+pub fn env(spec: &TaskStreamSpec) -> Vec<EnvVar> {
+    let ws = spec.websocket.clone().unwrap_or_default();
+    let sidecar = spec.sidecar.clone().unwrap_or_default();
+    let mut env = vec![
+        plain("TASKSTREAM_LISTEN", format!("0.0.0.0:{HTTP_PORT}")),
+        plain("TASKSTREAM_ADMIN_LISTEN", format!("0.0.0.0:{ADMIN_PORT}")),
+        plain(
+            "TASKSTREAM_UPSTREAM",
+            format!("http://127.0.0.1:{}", spec.app.port),
+        ),
+        plain("TASKSTREAM_WS_PATH", spec.ws_path()),
+    ];
+    match (&spec.redis.url, &spec.redis.url_secret_ref) {
+        (_, Some(r)) => env.push(from_secret("TASKSTREAM_REDIS_URL", r)),
+        (Some(url), None) => env.push(plain("TASKSTREAM_REDIS_URL", url)),
+        (None, None) => {}
+    }
+    env.push(plain(
+        "TASKSTREAM_CHANNEL_PREFIX",
+        spec.redis
+            .channel_prefix
+            .as_deref()
+            .unwrap_or(DEFAULT_CHANNEL_PREFIX),
+    ));
+    env.push(plain("TASKSTREAM_AUTH", spec.auth.mode.as_str()));
+    match spec.auth.mode {
+        AuthMode::Jwt => {
+            let jwt = spec.auth.jwt.clone().unwrap_or_default();
+            if let Some(r) = &jwt.secret_ref {
+                env.push(from_secret("TASKSTREAM_JWT_SECRET", r));
+            } else if let Some(r) = &jwt.public_key_ref {
+                env.push(plain(
+                    "TASKSTREAM_JWT_PUBLIC_KEY_FILE",
+                    format!("{JWT_KEY_DIR}/{}", r.key),
+                ));
+            }
+            env.push(plain(
+                "TASKSTREAM_JWT_GROUPS_CLAIM",
+                jwt.groups_claim.as_deref().unwrap_or(DEFAULT_GROUPS_CLAIM),
+            ));
+            env.push(plain(
+                "TASKSTREAM_USER_GROUP",
+                jwt.user_group.as_deref().unwrap_or(DEFAULT_USER_GROUP),
+            ));
+        }
+        AuthMode::Forward => {
+            let fwd = spec.auth.forward.clone().unwrap_or_default();
+            env.push(plain(
+                "TASKSTREAM_AUTH_PATH",
+                fwd.path.as_deref().unwrap_or(DEFAULT_AUTH_PATH),
+            ));
+            env.push(plain(
+                "TASKSTREAM_AUTH_TIMEOUT",
+                format!("{}ms", fwd.timeout_ms.unwrap_or(DEFAULT_AUTH_TIMEOUT_MS)),
+            ));
+        }
+        AuthMode::None => {}
+    }
+    if let Some(origins) = ws.allowed_origins.as_ref().filter(|o| !o.is_empty()) {
+        env.push(plain("TASKSTREAM_ALLOWED_ORIGINS", origins.join(",")));
+    }
+    if let Some(n) = ws.max_connections {
+        env.push(plain("TASKSTREAM_MAX_CONNECTIONS", n.to_string()));
+    }
+    if let Some(n) = ws.max_message_bytes {
+        env.push(plain("TASKSTREAM_MAX_MESSAGE_BYTES", n.to_string()));
+    }
+    env.push(plain(
+        "TASKSTREAM_PING_INTERVAL",
+        format!(
+            "{}s",
+            ws.ping_interval_seconds
+                .unwrap_or(DEFAULT_PING_INTERVAL_SECONDS)
+        ),
+    ));
+    env.push(plain(
+        "TASKSTREAM_SHUTDOWN_GRACE",
+        format!("{}s", spec.shutdown_grace_seconds()),
+    ));
+    env.push(plain(
+        "RUST_LOG",
+        sidecar.log_level.as_deref().unwrap_or(DEFAULT_LOG_LEVEL),
+    ));
+    env
+}
+
+/// The Secret volume holding a JWT public key, in jwt mode with `publicKeyRef`.
+pub fn jwt_key_volume(spec: &TaskStreamSpec) -> Option<Volume> {
+    if spec.auth.mode != AuthMode::Jwt {
+        return None;
+    }
+    let jwt = spec.auth.jwt.as_ref()?;
+    if jwt.secret_ref.is_some() {
+        return None;
+    }
+    let r = jwt.public_key_ref.as_ref()?;
+    Some(Volume {
+        name: JWT_KEY_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(r.name.clone()),
+            items: Some(vec![KeyToPath {
+                key: r.key.clone(),
+                path: r.key.clone(),
+                mode: None,
+            }]),
+            default_mode: Some(0o440),
+            optional: Some(false),
+        }),
+        ..Default::default()
+    })
+}
+
+fn admin_probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("admin".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+/// The sidecar container. As a native sidecar it carries `restartPolicy: Always`, which is
+/// what makes Kubernetes start it before the app and stop it after.
+pub fn container(spec: &TaskStreamSpec, params: &Params) -> Container {
+    let sidecar = spec.sidecar.clone().unwrap_or_default();
+    let mounts = jwt_key_volume(spec).map(|v| {
+        vec![VolumeMount {
+            name: v.name,
+            mount_path: JWT_KEY_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        }]
+    });
+    Container {
+        name: SIDECAR_CONTAINER.into(),
+        image: Some(
+            sidecar
+                .image
+                .unwrap_or_else(|| params.sidecar_image.clone()),
+        ),
+        args: None,
+        env: Some(env(spec)),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: HTTP_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("admin".into()),
+                container_port: ADMIN_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+        ]),
+        readiness_probe: Some(admin_probe("/readyz", 5)),
+        liveness_probe: Some(admin_probe("/healthz", 10)),
+        resources: sidecar.resources,
+        restart_policy: spec.native_sidecar().then(|| "Always".to_string()),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(SIDECAR_UID),
+            run_as_group: Some(SIDECAR_UID),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: mounts,
+        ..Default::default()
+    }
+}
