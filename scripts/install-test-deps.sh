@@ -5,6 +5,8 @@ set -euo pipefail
 
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# Headless browser for the local-mode demo test (tests/tests/demo_browser.rs).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "install-test-deps: installing ${need[*]} with apt-get"
   SUDO=""
