@@ -176,7 +176,7 @@ async fn check_secrets(ts: &TaskStream, client: &Client, namespace: &str) -> Res
             kind: "Secret",
             namespace: namespace.into(),
             name: secret.into(),
-            source,
+            source: Box::new(source),
         })?;
         let Some(found) = found else {
             return Err(Error::SecretNotFound {
@@ -231,7 +231,7 @@ where
         kind,
         namespace: namespace.into(),
         name: name.into(),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -256,7 +256,7 @@ where
         kind,
         namespace: namespace.into(),
         name: name.clone(),
-        source,
+        source: Box::new(source),
     };
     let Some(existing) = api.get_opt(&name).await.map_err(|e| kube_err("get", e))? else {
         return Ok(());
@@ -303,7 +303,7 @@ async fn patch_status(
         kind: "TaskStream",
         namespace: namespace.into(),
         name,
-        source,
+        source: Box::new(source),
     })?;
     Ok(())
 }

@@ -42,7 +42,7 @@ pub enum Error {
         namespace: String,
         name: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 
     /// Serializing an object failed.
@@ -55,7 +55,7 @@ pub enum Error {
 
     /// Building a Kubernetes client failed.
     #[error("kubernetes client: {0}")]
-    Client(#[source] kube::Error),
+    Client(#[source] Box<kube::Error>),
 
     /// Leader election failed.
     #[error("leader election on lease {namespace}/{lease}: {source}")]
@@ -63,7 +63,7 @@ pub enum Error {
         namespace: String,
         lease: String,
         #[source]
-        source: kube_lease_manager::LeaseManagerError,
+        source: Box<kube_lease_manager::LeaseManagerError>,
     },
 
     /// The admin HTTP server could not start.

@@ -38,7 +38,7 @@ pub async fn run(
     let lease_err = |source| Error::Lease {
         namespace: lease_ns.clone(),
         lease: lease.name.clone(),
-        source,
+        source: Box::new(source),
     };
     let identity = lease
         .identity

@@ -58,7 +58,9 @@ pub async fn run(args: RunArgs, shutdown: Shutdown) -> Result<()> {
         shutdown.clone(),
     ));
 
-    let client = Client::try_default().await.map_err(Error::Client)?;
+    let client = Client::try_default()
+        .await
+        .map_err(|e| Error::Client(Box::new(e)))?;
     let params = resources::Params { sidecar_image };
     let ctx = Arc::new(controller::Context::new(client, params, metrics));
     health.set_ready(true);

@@ -31,7 +31,8 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Our errors carry their causes in their message already; `{e:#}` would repeat them.
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
