@@ -5,7 +5,9 @@
 //! - [`sidecar`]: the sidecar, in-process (from the library) or as the real binary.
 //! - [`upstream::App`]: a real HTTP app (echo, status codes, streaming, forward auth, WebSocket echo).
 //! - [`ws`]: WebSocket client helpers with bounded waits.
+//! - [`browser`]: headless Chromium over the DevTools protocol.
 
+pub mod browser;
 pub mod redis_server;
 pub mod sidecar;
 pub mod upstream;

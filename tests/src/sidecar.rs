@@ -172,8 +172,11 @@ pub struct SidecarProcess {
 impl SidecarProcess {
     /// Spawns the binary on free ports and waits for `/healthz`.
     pub async fn spawn(args: &[&str]) -> Self {
-        let public = loopback(free_port());
-        let admin = loopback(free_port());
+        Self::spawn_on(loopback(free_port()), loopback(free_port()), args).await
+    }
+
+    /// Spawns the binary on the given addresses (e.g. to restart it where it was).
+    pub async fn spawn_on(public: SocketAddr, admin: SocketAddr, args: &[&str]) -> Self {
         let child = tokio::process::Command::new(binary())
             .kill_on_drop(true)
             .args([
