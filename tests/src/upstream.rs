@@ -59,6 +59,7 @@ struct State {
     last_auth_headers: Option<HeaderMap>,
     last_auth_query: Option<String>,
     slow_started: usize,
+    connections: usize,
 }
 
 /// The app, running until dropped.
@@ -79,6 +80,7 @@ impl App {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                st.lock().unwrap().connections += 1;
                 let st = st.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
@@ -101,6 +103,11 @@ impl App {
 
     pub fn set_auth(&self, answer: AuthAnswer) {
         self.state.lock().unwrap().auth = Some(answer);
+    }
+
+    /// How many TCP connections the app has accepted.
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
     }
 
     /// How many `/slow` requests reached the app.

@@ -140,6 +140,30 @@ fn tokio_stream_from<T: Send + 'static>(
 }
 
 #[tokio::test]
+async fn connections_to_the_app_are_pooled_and_kept_alive() {
+    let redis = RedisServer::start().await;
+    let app = App::start().await;
+    let sc = sidecar(&redis, &app.url()).await;
+    // Ten sequential requests from ten separate client connections: the sidecar reuses one
+    // kept-alive connection to the app instead of opening one per request.
+    for i in 0..10 {
+        let (status, _) = send(request(
+            "GET",
+            &format!("http://{}/echo/{i}", sc.public),
+            "",
+        ))
+        .await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(
+        app.connections(),
+        1,
+        "one pooled connection served every request"
+    );
+    sc.stop().await;
+}
+
+#[tokio::test]
 async fn app_down_gives_502_with_a_short_body() {
     let redis = RedisServer::start().await;
     let closed = format!("http://127.0.0.1:{}", free_port());
