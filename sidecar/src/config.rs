@@ -33,6 +33,17 @@ pub enum BrokerKind {
     Memory,
 }
 
+/// Wire protocol spoken on Redis (see `crate::channels` for the two Django Channels layers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RedisProtocol {
+    /// Plain pub/sub: `PUBLISH <channel-prefix><group> <payload>`.
+    Pubsub,
+    /// `channels_redis.core.RedisChannelLayer` (sorted-set groups and inboxes).
+    Channels,
+    /// `channels_redis.pubsub.RedisPubSubChannelLayer`.
+    ChannelsPubsub,
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -75,6 +86,20 @@ pub struct Args {
     /// Prefix of the Redis channel of each group: events for group G are published on `<prefix>G`.
     #[arg(long, env = "TASKSTREAM_CHANNEL_PREFIX", default_value = "taskstream:")]
     pub channel_prefix: String,
+
+    /// Wire protocol on Redis: `pubsub` (plain), or a Django Channels layer (`channels` for
+    /// RedisChannelLayer, `channels-pubsub` for RedisPubSubChannelLayer).
+    #[arg(
+        long,
+        env = "TASKSTREAM_REDIS_PROTOCOL",
+        value_enum,
+        default_value = "pubsub"
+    )]
+    pub redis_protocol: RedisProtocol,
+
+    /// Django Channels layer settings (used with `--redis-protocol channels*`).
+    #[command(flatten)]
+    pub channels: crate::channels::ChannelsArgs,
 
     /// Authentication mode; there is no default, so the sidecar is never silently open.
     #[arg(long, env = "TASKSTREAM_AUTH", value_enum)]
@@ -179,8 +204,19 @@ pub struct Config {
 
 #[derive(Clone, Debug)]
 pub enum BrokerConfig {
-    Redis { url: String, channel_prefix: String },
+    Redis {
+        url: String,
+        channel_prefix: String,
+        protocol: Protocol,
+    },
     Memory,
+}
+
+/// What the Redis source speaks.
+#[derive(Clone, Debug)]
+pub enum Protocol {
+    Pubsub,
+    Channels(crate::channels::ChannelsConfig),
 }
 
 #[derive(Clone, Debug)]
@@ -230,9 +266,14 @@ impl Args {
                 })?;
                 redis::Client::open(url.as_str())
                     .map_err(|e| ConfigError::new("--redis-url", format!("invalid: {e}")))?;
+                let protocol = match self.redis_protocol {
+                    RedisProtocol::Pubsub => Protocol::Pubsub,
+                    layer => Protocol::Channels(self.channels.validate(layer, &url)?),
+                };
                 BrokerConfig::Redis {
                     url,
                     channel_prefix: self.channel_prefix,
+                    protocol,
                 }
             }
         };

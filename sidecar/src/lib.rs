@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod auth;
 pub mod broker;
+pub mod channels;
 pub mod config;
 pub mod error;
 pub mod health;
@@ -33,7 +34,7 @@ use tracing::{info, warn};
 use crate::admin::Admin;
 use crate::auth::Authenticator;
 use crate::broker::Broker;
-use crate::config::{AuthConfig, BrokerConfig, Config};
+use crate::config::{AuthConfig, BrokerConfig, Config, Protocol};
 use crate::error::{ConfigError, Error, Result};
 use crate::health::Health;
 use crate::hub::Hub;
@@ -111,6 +112,7 @@ pub async fn run(
         BrokerConfig::Redis {
             url,
             channel_prefix,
+            protocol: Protocol::Pubsub,
         } => {
             let redis = Arc::new(
                 RedisBroker::new(url, channel_prefix.clone())
@@ -122,12 +124,26 @@ pub async fn run(
                 metrics.clone(),
                 broker_stop.clone(),
             ));
-            Some((redis, task))
+            Some((Some(redis), task))
+        }
+        // Django Channels: `/publish` stays local (the app publishes with group_send).
+        BrokerConfig::Redis {
+            protocol: Protocol::Channels(channels),
+            ..
+        } => {
+            let task = channels::spawn(
+                channels.clone(),
+                hub.clone(),
+                health.clone(),
+                metrics.clone(),
+                broker_stop.clone(),
+            )?;
+            Some((None, task))
         }
     };
     let broker = match &broker_task {
-        Some((redis, _)) => Broker::Redis(redis.clone()),
-        None => Broker::Memory(hub.clone()),
+        Some((Some(redis), _)) => Broker::Redis(redis.clone()),
+        _ => Broker::Memory(hub.clone()),
     };
 
     let admin_stop = CancellationToken::new();

@@ -25,6 +25,10 @@ pub enum DropReason {
     NonUtf8,
     /// The client's send queue was full; the client is closed with 1013.
     SlowClient,
+    /// A Django Channels message that is not msgpack, not a map, or lacks `type`/`data`.
+    Malformed,
+    /// A Django Channels message no `--channels-symmetric-encryption-keys` key decrypts.
+    Undecryptable,
 }
 
 /// Why a client connection ended, as seen by the sidecar.

@@ -11,6 +11,9 @@
 //!
 //! Publishing (`POST /publish/<group>`) uses a separate multiplexed connection, because a
 //! connection in subscribe mode cannot `PUBLISH`.
+//!
+//! How groups map to channel names and payloads to text frames is a [`Wire`]: plain pub/sub by
+//! default; the Django Channels pub/sub layer brings its own (`crate::channels::pubsub`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,7 +21,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, PubSubSink};
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -33,10 +36,57 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const PING_EVERY: Duration = Duration::from_secs(5);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Maps groups to Redis channels and payloads to text frames.
+pub trait Wire: Send + Sync + 'static {
+    /// The Redis channel of `group`.
+    fn channel(&self, group: &str) -> String;
+    /// The group of a Redis channel this wire subscribed to.
+    fn group<'a>(&self, channel: &'a str) -> Option<&'a str>;
+    /// Whether this connection serves `group` (sharding); the others are left to other shards.
+    fn serves(&self, _group: &str) -> bool {
+        true
+    }
+    /// The frame for a payload of `group`, or `None` when it was dropped (counted and logged).
+    fn frame(&self, group: &str, payload: &[u8], metrics: &Metrics) -> Option<Utf8Bytes>;
+}
+
+/// Plain pub/sub: `PUBLISH <prefix><group> <UTF-8 payload>`, relayed verbatim.
+pub struct Plain {
+    pub prefix: String,
+}
+
+impl Wire for Plain {
+    fn channel(&self, group: &str) -> String {
+        format!("{}{}", self.prefix, group)
+    }
+
+    fn group<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel.strip_prefix(self.prefix.as_str())
+    }
+
+    fn frame(&self, group: &str, payload: &[u8], metrics: &Metrics) -> Option<Utf8Bytes> {
+        match Utf8Bytes::try_from(bytes::Bytes::copy_from_slice(payload)) {
+            Ok(text) => Some(text),
+            Err(_) => {
+                metrics.events_received.inc();
+                metrics.dropped(DropReason::NonUtf8);
+                warn!(
+                    group,
+                    bytes = payload.len(),
+                    "dropped an event whose payload is not UTF-8; publish JSON or other text"
+                );
+                None
+            }
+        }
+    }
+}
+
 /// Handle of the Redis broker.
 pub struct RedisBroker {
     client: redis::Client,
-    prefix: String,
+    wire: Arc<dyn Wire>,
+    /// Wakes the subscription loop instead of [`Hub::changed`] when several loops share a hub.
+    wake: Option<Arc<Notify>>,
     /// Where logs may name the server: host and port, never the password.
     display: String,
     publisher: OnceCell<ConnectionManager>,
@@ -44,11 +94,21 @@ pub struct RedisBroker {
 
 impl RedisBroker {
     pub fn new(url: &str, prefix: String) -> redis::RedisResult<Self> {
+        Self::with_wire(url, Arc::new(Plain { prefix }), None)
+    }
+
+    /// A broker speaking `wire`; `wake`, when given, replaces [`Hub::changed`] as its wake-up.
+    pub fn with_wire(
+        url: &str,
+        wire: Arc<dyn Wire>,
+        wake: Option<Arc<Notify>>,
+    ) -> redis::RedisResult<Self> {
         let client = redis::Client::open(url)?;
         let display = redacted(url);
         Ok(Self {
             client,
-            prefix,
+            wire,
+            wake,
             display,
             publisher: OnceCell::new(),
         })
@@ -67,7 +127,7 @@ impl RedisBroker {
             .await?;
         let mut conn = conn.clone();
         redis::cmd("PUBLISH")
-            .arg(format!("{}{}", self.prefix, group))
+            .arg(self.wire.channel(group))
             .arg(payload)
             .query_async(&mut conn)
             .await
@@ -121,7 +181,8 @@ impl RedisBroker {
             let ended = session.serve(stream, &health, &metrics, &shutdown).await;
             health.set_broker_up(false);
             metrics.broker_up.set(0);
-            hub.unconfirm_all();
+            // Only this connection's groups: with sharding, other connections keep theirs.
+            hub.set_confirmed(session.subscribed.iter().map(String::as_str), false);
             match ended {
                 Ended::Shutdown => return,
                 Ended::Lost(why) => {
@@ -168,7 +229,7 @@ impl Session<'_> {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ended::Shutdown,
-                _ = self.hub.changed().notified() => {
+                _ = self.changed() => {
                     if let Err(e) = self.reconcile().await {
                         return Ended::Lost(e);
                     }
@@ -190,24 +251,33 @@ impl Session<'_> {
         }
     }
 
+    async fn changed(&self) {
+        match &self.broker.wake {
+            Some(wake) => wake.notified().await,
+            None => self.hub.changed().notified().await,
+        }
+    }
+
+    fn wanted(&self) -> BTreeSet<String> {
+        let wire = &self.broker.wire;
+        self.hub
+            .wanted()
+            .into_iter()
+            .filter(|g| wire.serves(g))
+            .collect()
+    }
+
     fn deliver(&self, msg: &redis::Msg, metrics: &Metrics) {
         let channel = msg.get_channel_name();
-        let Some(group) = channel.strip_prefix(self.broker.prefix.as_str()) else {
+        let Some(group) = self.broker.wire.group(channel) else {
             return;
         };
-        match Utf8Bytes::try_from(bytes::Bytes::copy_from_slice(msg.get_payload_bytes())) {
-            Ok(payload) => {
-                self.hub.publish(group, &payload);
-            }
-            Err(_) => {
-                metrics.events_received.inc();
-                metrics.dropped(DropReason::NonUtf8);
-                warn!(
-                    group,
-                    bytes = msg.get_payload_bytes().len(),
-                    "dropped an event whose payload is not UTF-8; publish JSON or other text"
-                );
-            }
+        if let Some(frame) = self
+            .broker
+            .wire
+            .frame(group, msg.get_payload_bytes(), metrics)
+        {
+            self.hub.publish(group, &frame);
         }
     }
 
@@ -215,7 +285,7 @@ impl Session<'_> {
     async fn reconcile(&mut self) -> Result<(), String> {
         // Loop: the wanted set may change again while we talk to Redis.
         for _ in 0..16 {
-            let wanted: BTreeSet<String> = self.hub.wanted().into_iter().collect();
+            let wanted = self.wanted();
             let add: Vec<String> = wanted.difference(&self.subscribed).cloned().collect();
             let remove: Vec<String> = self.subscribed.difference(&wanted).cloned().collect();
             if !add.is_empty() {
@@ -237,12 +307,7 @@ impl Session<'_> {
             // Groups re-created while still subscribed need their confirmation back too.
             self.hub
                 .set_confirmed(self.subscribed.iter().map(String::as_str), true);
-            if self
-                .hub
-                .wanted()
-                .into_iter()
-                .eq(self.subscribed.iter().cloned())
-            {
+            if self.wanted() == self.subscribed {
                 break;
             }
         }
@@ -250,7 +315,7 @@ impl Session<'_> {
     }
 
     fn channel(&self, group: &str) -> String {
-        format!("{}{}", self.broker.prefix, group)
+        self.broker.wire.channel(group)
     }
 }
 

@@ -5,9 +5,11 @@
 //! - [`sidecar`]: the sidecar, in-process (from the library) or as the real binary.
 //! - [`upstream::App`]: a real HTTP app (echo, status codes, streaming, forward auth, WebSocket echo).
 //! - [`ws`]: WebSocket client helpers with bounded waits.
+//! - [`python`]: the project's `.venv` and a Django Channels `group_send` driver.
 //! - [`browser`]: headless Chromium over the DevTools protocol.
 
 pub mod browser;
+pub mod python;
 pub mod redis_server;
 pub mod sidecar;
 pub mod upstream;

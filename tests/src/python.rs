@@ -1,0 +1,114 @@
+//! The project's Python virtual environment (`.venv/`, made by scripts/install-test-deps.sh)
+//! and a `group_send` driver: plain Python calling `async_to_sync(layer.group_send)` the way a
+//! Celery task does, one message per request, killed on drop.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use crate::WAIT;
+
+/// Repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `.venv/bin/python`; fails the test with the fix when the venv is missing.
+pub fn venv_python() -> PathBuf {
+    let python = root().join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run ./scripts/install-test-deps.sh (it creates .venv with django, channels, \
+         channels-redis and msgpack from tests/python/requirements.txt)",
+        python.display()
+    );
+    python
+}
+
+/// Which channels_redis layer class the Django settings use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layer {
+    Core,
+    Pubsub,
+}
+
+/// A Python process (tests/python/sender.py) that calls `group_send` on request.
+pub struct GroupSender {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl GroupSender {
+    /// Starts the sender with the layer's `hosts` and `symmetric_encryption_keys` (empty: none).
+    pub async fn start(layer: Layer, hosts: &[String], keys: &[&str]) -> Self {
+        let mut child = Command::new(venv_python())
+            .arg(root().join("tests/python/sender.py"))
+            .env(
+                "CHANNELS_LAYER",
+                match layer {
+                    Layer::Core => "core",
+                    Layer::Pubsub => "pubsub",
+                },
+            )
+            .env("CHANNELS_HOSTS", hosts.join(","))
+            .env("CHANNELS_KEYS", keys.join(","))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn tests/python/sender.py");
+        let stdin = child.stdin.take().expect("stdin");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut s = Self {
+            child,
+            stdin,
+            lines,
+        };
+        s.expect_line("ready").await;
+        s
+    }
+
+    async fn expect_line(&mut self, want: &str) {
+        let line = tokio::time::timeout(WAIT, self.lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("sender.py did not answer {want:?} within {WAIT:?}"))
+            .expect("read sender.py stdout");
+        assert_eq!(
+            line.as_deref(),
+            Some(want),
+            "sender.py (see its stderr above)"
+        );
+    }
+
+    async fn request(&mut self, cmd: serde_json::Value) {
+        let mut line = cmd.to_string();
+        line.push('\n');
+        self.stdin
+            .write_all(line.as_bytes())
+            .await
+            .expect("write to sender.py");
+        self.expect_line("ok").await;
+    }
+
+    /// `group_send(group, message)`; returns once it returned.
+    pub async fn send(&mut self, group: &str, message: serde_json::Value) {
+        self.request(serde_json::json!({"group": group, "message": message}))
+            .await;
+    }
+
+    /// `group_send(group, eval(python))`, for values JSON cannot carry (bytes, NaN, int keys).
+    pub async fn send_python(&mut self, group: &str, python: &str) {
+        self.request(serde_json::json!({"group": group, "eval": python}))
+            .await;
+    }
+}
+
+impl Drop for GroupSender {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
