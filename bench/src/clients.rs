@@ -1,0 +1,332 @@
+//! The client fleet: N WebSocket connections opened with bounded concurrency, held, every message
+//! read, and the end-to-end latency of each event recorded from the timestamp the publisher put in
+//! it.
+//!
+//! ```text
+//! publisher --(step k, t=now)--> server --ws--> [client task] x N --latency--> steps[k].hist
+//! ```
+//!
+//! The tool must never be the bottleneck: each client reads with a small read buffer (the 128 KiB
+//! default is zero-filled on every read) and parses only the two numbers it needs.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::hist::Histogram;
+use crate::procs::{JWT_SECRET, Kind};
+
+/// Most measurement steps one fleet records separately.
+pub const STEPS: usize = 64;
+
+/// Nanoseconds since this process's clock started; the publisher and every client share it.
+pub fn now_ns() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// The event body: step and send time first, so a client finds them without a JSON parser.
+pub fn payload(step: usize, group: &str, pad: usize) -> String {
+    format!(
+        "{{\"k\":{step},\"t\":{},\"group\":\"{group}\",\"progress\":42,\"pad\":\"{}\"}}",
+        now_ns(),
+        "x".repeat(pad)
+    )
+}
+
+/// `(step, sent_ns)` from a [`payload`].
+pub fn parse(text: &[u8]) -> Option<(usize, u64)> {
+    let rest = text.strip_prefix(b"{\"k\":")?;
+    let (k, rest) = number(rest)?;
+    let rest = rest.strip_prefix(b",\"t\":")?;
+    let (t, _) = number(rest)?;
+    Some((k as usize, t))
+}
+
+fn number(b: &[u8]) -> Option<(u64, &[u8])> {
+    let end = b
+        .iter()
+        .position(|c| !c.is_ascii_digit())
+        .unwrap_or(b.len());
+    if end == 0 {
+        return None;
+    }
+    let mut n = 0u64;
+    for c in &b[..end] {
+        n = n * 10 + u64::from(c - b'0');
+    }
+    Some((n, &b[end..]))
+}
+
+/// What one step saw.
+#[derive(Default)]
+pub struct Step {
+    pub hist: Histogram,
+}
+
+/// Counters shared by every client task.
+pub struct Stats {
+    pub steps: Vec<Step>,
+    /// Connections open now.
+    pub open: AtomicUsize,
+    /// Handshakes that failed (refused, reset, timed out).
+    pub failures: AtomicUsize,
+    /// Clients whose latest (re)connection has received at least one event.
+    pub receiving_again: AtomicUsize,
+    /// When the last client started receiving again (ns on [`now_ns`]).
+    pub last_back_ns: AtomicU64,
+    /// Bumped on a server restart: a connection made after it counts as "back".
+    pub epoch: AtomicUsize,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            steps: (0..STEPS).map(|_| Step::default()).collect(),
+            open: AtomicUsize::new(0),
+            failures: AtomicUsize::new(0),
+            receiving_again: AtomicUsize::new(0),
+            last_back_ns: AtomicU64::new(0),
+            epoch: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// How the fleet connects.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub kind: Kind,
+    pub server: SocketAddr,
+    pub conns: usize,
+    /// Client `i` joins group `g{i % groups}`.
+    pub groups: usize,
+    /// Handshakes in flight at once.
+    pub concurrency: usize,
+    /// Reconnect after a drop, after a uniformly random delay up to this.
+    pub reconnect_jitter: Option<Duration>,
+    /// Hard stop for every client task.
+    pub deadline: Duration,
+}
+
+/// Summary of the opening phase.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Opened {
+    pub open: usize,
+    pub failures: usize,
+    pub secs: f64,
+}
+
+pub fn group_name(k: usize) -> String {
+    format!("g{k}")
+}
+
+/// How many clients of a fleet of `conns` are in group `k` of `groups`.
+pub fn members(conns: usize, groups: usize, k: usize) -> usize {
+    conns / groups + usize::from(k < conns % groups)
+}
+
+/// The running fleet; dropping it (or [`Fleet::stop`]) ends every client task.
+pub struct Fleet {
+    pub stats: Arc<Stats>,
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Fleet {
+    /// Opens `plan.conns` connections and returns once all are open or failed (bounded by the
+    /// plan's deadline).
+    pub async fn open(plan: Plan) -> (Self, Opened) {
+        let stats = Arc::new(Stats::default());
+        let stop = CancellationToken::new();
+        let gate = Arc::new(Semaphore::new(plan.concurrency));
+        let done = Arc::new(Semaphore::new(0));
+        let started = Instant::now();
+        let mut tasks = JoinSet::new();
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+            + 3600;
+        let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
+        for i in 0..plan.conns {
+            let group = group_name(i % plan.groups.max(1));
+            let url = match plan.kind {
+                Kind::Sidecar => {
+                    let claims =
+                        serde_json::json!({"sub": format!("c{i}"), "groups": [group], "exp": exp});
+                    let token =
+                        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)
+                            .unwrap_or_default();
+                    format!("ws://{}/ws/tasks/?token={token}", plan.server)
+                }
+                Kind::Baseline => format!("ws://{}/ws?groups={group}", plan.server),
+            };
+            let client = Client {
+                url,
+                addr: plan.server,
+                stats: stats.clone(),
+                stop: stop.clone(),
+                gate: gate.clone(),
+                done: done.clone(),
+                jitter: plan.reconnect_jitter,
+            };
+            let deadline = plan.deadline;
+            tasks.spawn(async move {
+                let _ = tokio::time::timeout(deadline, client.run()).await;
+            });
+        }
+        // Every client signals once: connected or given up.
+        let all = u32::try_from(plan.conns).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(plan.deadline, done.acquire_many(all)).await;
+        let opened = Opened {
+            open: stats.open.load(Ordering::Relaxed),
+            failures: stats.failures.load(Ordering::Relaxed),
+            secs: started.elapsed().as_secs_f64(),
+        };
+        (Self { stats, stop, tasks }, opened)
+    }
+
+    /// Closes every connection and waits (bounded) for the tasks to end.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        self.tasks.abort_all();
+    }
+}
+
+struct Client {
+    url: String,
+    addr: SocketAddr,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+    gate: Arc<Semaphore>,
+    done: Arc<Semaphore>,
+    jitter: Option<Duration>,
+}
+
+/// The client's WebSocket settings: a small read buffer, written through at once.
+pub fn client_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+}
+
+impl Client {
+    async fn run(self) {
+        let mut signalled = false;
+        let mut attempts = 0u32;
+        loop {
+            let epoch = self.stats.epoch.load(Ordering::Relaxed);
+            let ws = {
+                let _permit = self.gate.acquire().await;
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    r = tokio::time::timeout(Duration::from_secs(10), self.connect()) => r.ok().flatten(),
+                }
+            };
+            let Some(mut ws) = ws else {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                attempts += 1;
+                if self.jitter.is_none() || attempts > 100 {
+                    if !signalled {
+                        self.done.add_permits(1);
+                    }
+                    return;
+                }
+                self.pause(attempts).await;
+                continue;
+            };
+            attempts = 0;
+            self.stats.open.fetch_add(1, Ordering::Relaxed);
+            if !signalled {
+                signalled = true;
+                self.done.add_permits(1);
+            }
+            let mut first = true;
+            loop {
+                let msg = tokio::select! {
+                    _ = self.stop.cancelled() => None,
+                    m = ws.next() => m,
+                };
+                let Some(Ok(msg)) = msg else { break };
+                if let Message::Text(text) = msg
+                    && let Some((step, sent)) = parse(text.as_bytes())
+                {
+                    let now = now_ns();
+                    if let Some(s) = self.stats.steps.get(step) {
+                        s.hist.record(now.saturating_sub(sent) / 1000);
+                    }
+                    if first {
+                        first = false;
+                        if epoch > 0 {
+                            self.stats.receiving_again.fetch_add(1, Ordering::Relaxed);
+                            self.stats.last_back_ns.fetch_max(now, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            self.stats.open.fetch_sub(1, Ordering::Relaxed);
+            if self.stop.is_cancelled() || self.jitter.is_none() {
+                return;
+            }
+            self.pause(1).await;
+        }
+    }
+
+    /// Waits a jittered delay before reconnecting; later attempts back off (capped at 2 s more).
+    async fn pause(&self, attempt: u32) {
+        let jitter = self.jitter.unwrap_or_default();
+        let base = Duration::from_millis(50 * u64::from(attempt.min(40)));
+        let wait = base + jitter.mul_f64(fastrand::f64());
+        tokio::select! {
+            _ = self.stop.cancelled() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+
+    async fn connect(&self) -> Option<tokio_tungstenite::WebSocketStream<TcpStream>> {
+        let stream = TcpStream::connect(self.addr).await.ok()?;
+        stream.set_nodelay(true).ok()?;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(
+            self.url.as_str(),
+            stream,
+            Some(client_config()),
+        )
+        .await
+        .ok()?;
+        Some(ws)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_round_trip() {
+        let p = payload(7, "g3", 10);
+        let (k, t) = parse(p.as_bytes()).expect("parse");
+        assert_eq!(k, 7);
+        assert!(t <= now_ns());
+        assert!(serde_json::from_str::<serde_json::Value>(&p).is_ok());
+    }
+
+    #[test]
+    fn members_add_up() {
+        let total: usize = (0..7).map(|k| members(100, 7, k)).sum();
+        assert_eq!(total, 100);
+    }
+}

@@ -1,0 +1,123 @@
+//! The publisher: events at a fixed rate, spread round-robin over the groups, each stamped with
+//! its step and send time (see [`crate::clients::payload`]).
+//!
+//! Events go to the admin `POST /publish/<group>` (sidecar `--broker memory` and the baseline)
+//! or to Redis `PUBLISH taskstream:<group>` (sidecar `--broker redis`). Several workers, each
+//! with its own connection, share the schedule so one round trip never caps the rate.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http::Method;
+use serde::Serialize;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::clients::{group_name, payload};
+use crate::http::Conn;
+
+/// Where events are sent.
+#[derive(Clone, Debug)]
+pub enum Sink {
+    Admin(SocketAddr),
+    Redis(String),
+}
+
+/// One paced burst of events.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    pub step: usize,
+    /// Events per second (not deliveries).
+    pub rate: f64,
+    pub duration: Duration,
+    /// Events go to groups `first_group..first_group+groups`, round-robin.
+    pub groups: usize,
+    pub pad: usize,
+    pub workers: usize,
+}
+
+/// What the publisher managed.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Published {
+    pub events: u64,
+    pub errors: u64,
+    pub secs: f64,
+}
+
+/// Runs `schedule` to completion (bounded by its duration plus a grace for the last answers).
+pub async fn run(sink: &Sink, schedule: &Schedule) -> Result<Published> {
+    let total = (schedule.rate * schedule.duration.as_secs_f64())
+        .round()
+        .max(1.0) as u64;
+    let workers = schedule.workers.max(1) as u64;
+    let start = Instant::now();
+    let mut set = JoinSet::new();
+    let redis = match sink {
+        Sink::Redis(url) => Some(
+            redis::Client::open(url.as_str())?
+                .get_multiplexed_async_connection()
+                .await
+                .context("publisher: connect to redis")?,
+        ),
+        Sink::Admin(_) => None,
+    };
+    for w in 0..workers {
+        let sink = sink.clone();
+        let s = schedule.clone();
+        let mut redis = redis.clone();
+        set.spawn(async move {
+            let mut admin = match &sink {
+                Sink::Admin(addr) => Conn::open(*addr).await.ok(),
+                Sink::Redis(_) => None,
+            };
+            let mut out = Published::default();
+            let mut i = w;
+            while i < total {
+                let due = start + Duration::from_secs_f64(i as f64 / s.rate);
+                tokio::time::sleep_until(due).await;
+                let group = group_name((i as usize) % s.groups.max(1));
+                let body = payload(s.step, &group, s.pad);
+                let ok = match (&mut admin, &mut redis) {
+                    (Some(c), _) => c
+                        .send(
+                            Method::POST,
+                            &format!("/publish/{group}"),
+                            Bytes::from(body),
+                        )
+                        .await
+                        .is_ok_and(|(st, _)| st == 200),
+                    (None, Some(r)) => redis::cmd("PUBLISH")
+                        .arg(format!("taskstream:{group}"))
+                        .arg(body)
+                        .query_async::<i64>(r)
+                        .await
+                        .is_ok(),
+                    (None, None) => false,
+                };
+                if ok {
+                    out.events += 1;
+                } else {
+                    out.errors += 1;
+                }
+                i += workers;
+            }
+            out
+        });
+    }
+    let mut sum = Published::default();
+    let bound = schedule.duration + Duration::from_secs(15);
+    let _ = tokio::time::timeout(bound, async {
+        while let Some(r) = set.join_next().await {
+            if let Ok(p) = r {
+                sum.events += p.events;
+                sum.errors += p.errors;
+            }
+        }
+    })
+    .await;
+    set.abort_all();
+    sum.secs = start.elapsed().as_secs_f64();
+    Ok(sum)
+}
