@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -86,7 +87,10 @@ impl Browser {
         let id = self.next_id;
         self.next_id += 1;
         let msg = json!({"id": id, "method": method, "params": params}).to_string();
-        self.cdp.send(Message::Text(msg.into())).await.expect("send to chromium");
+        self.cdp
+            .send(Message::Text(msg.into()))
+            .await
+            .expect("send to chromium");
         loop {
             let v = self.next_message(&format!("answer to {method}")).await;
             if v["id"] == id {
@@ -175,9 +179,13 @@ impl Browser {
 
     /// Saves a PNG screenshot of the page to `path`.
     pub async fn screenshot(&mut self, path: &Path) {
-        let r = self.call("Page.captureScreenshot", json!({"format": "png"})).await;
+        let r = self
+            .call("Page.captureScreenshot", json!({"format": "png"}))
+            .await;
         let data = r["data"].as_str().expect("screenshot data");
-        let png = base64_decode(data);
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .expect("screenshot is base64");
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).expect("create artifacts dir");
         }
@@ -190,30 +198,4 @@ impl Drop for Browser {
         let _ = self.child.start_kill();
         let _ = std::fs::remove_dir_all(&self.profile);
     }
-}
-
-/// Standard base64 (the DevTools protocol's encoding of binary data).
-fn base64_decode(s: &str) -> Vec<u8> {
-    fn val(c: u8) -> Option<u32> {
-        match c {
-            b'A'..=b'Z' => Some((c - b'A') as u32),
-            b'a'..=b'z' => Some((c - b'a' + 26) as u32),
-            b'0'..=b'9' => Some((c - b'0' + 52) as u32),
-            b'+' => Some(62),
-            b'/' => Some(63),
-            _ => None,
-        }
-    }
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for v in s.bytes().filter_map(val) {
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
 }

@@ -51,19 +51,11 @@ fn hs256(secret: &[u8], claims: &Value) -> String {
     sign(Algorithm::HS256, &EncodingKey::from_secret(secret), claims)
 }
 
-/// Unpadded base64url. Hand-rolled (a dozen lines) rather than adding a dependency for the one
-/// token jsonwebtoken refuses to produce: the unsigned `alg: none` one.
+/// Unpadded base64url, for the one token jsonwebtoken refuses to produce: the unsigned
+/// `alg: none` one.
 fn b64url(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
-        let n = (b(0) << 16) | (b(1) << 8) | b(2);
-        for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-        }
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
 }
 
 /// A temp directory removed on drop, even when the test fails.
@@ -741,22 +733,4 @@ async fn rejections_are_counted_by_reason() {
         "no 503s happened:\n{text}"
     );
     sc.stop().await;
-}
-
-#[test]
-fn b64url_matches_rfc4648_vectors() {
-    for (input, want) in [
-        (&b""[..], ""),
-        (b"f", "Zg"),
-        (b"fo", "Zm8"),
-        (b"foo", "Zm9v"),
-        (b"foob", "Zm9vYg"),
-        (&[0xfb, 0xff][..], "-_8"),
-        (
-            br#"{"alg":"none","typ":"JWT"}"#,
-            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0",
-        ),
-    ] {
-        assert_eq!(b64url(input), want);
-    }
 }
