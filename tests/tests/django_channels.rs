@@ -145,18 +145,26 @@ fn now_secs() -> f64 {
         .as_secs_f64()
 }
 
-/// The sidecar's member of `group` in the core layer's sorted set, if present.
-async fn members(redis: &RedisServer, group: &str) -> Vec<String> {
-    let Ok(mut c) = redis.conn().await else {
-        return Vec::new();
-    };
+/// The members of `group` in the core layer's sorted set; `None` when Redis did not answer
+/// (its test client times out on a loaded machine; callers retry).
+async fn members(redis: &RedisServer, group: &str) -> Option<Vec<String>> {
+    let mut c = redis.conn().await.ok()?;
     redis::cmd("ZRANGE")
         .arg(format!("asgi:group:{group}"))
         .arg(0)
         .arg(-1)
         .query_async(&mut c)
         .await
-        .unwrap_or_default()
+        .ok()
+}
+
+/// Waits until the sidecar is the one member of `group` and returns that member.
+async fn joined(redis: &RedisServer, group: &str) -> String {
+    eventually(&format!("one member in asgi:group:{group}"), || async {
+        let mut m = members(redis, group).await?;
+        (m.len() == 1).then(|| m.remove(0))
+    })
+    .await
 }
 
 #[tokio::test]
@@ -165,22 +173,21 @@ async fn core_layer_joins_and_leaves_groups_with_its_clients() {
     let sc = sidecar(&redis, Layer::Core, &[]).await;
     let a = connect(&sc.ws_url("groups=g1,shared")).await;
     let b = connect(&sc.ws_url("groups=shared")).await;
-    let g1 = members(&redis, "g1").await;
-    assert_eq!(g1.len(), 1, "one member per process and group: {g1:?}");
-    assert!(
-        g1[0].starts_with("specific.") && g1[0].ends_with("!g1"),
-        "{g1:?}"
-    );
-    assert_eq!(members(&redis, "shared").await.len(), 1);
+    let g1 = joined(&redis, "g1").await;
+    assert!(g1.starts_with("specific.") && g1.ends_with("!g1"), "{g1:?}");
+    joined(&redis, "shared").await;
     drop(a);
     eventually("g1 left after its last client", || async {
-        members(&redis, "g1").await.is_empty().then_some(())
+        members(&redis, "g1").await.filter(Vec::is_empty).map(drop)
     })
     .await;
-    assert_eq!(members(&redis, "shared").await.len(), 1);
+    joined(&redis, "shared").await;
     drop(b);
     eventually("shared left", || async {
-        members(&redis, "shared").await.is_empty().then_some(())
+        members(&redis, "shared")
+            .await
+            .filter(Vec::is_empty)
+            .map(drop)
     })
     .await;
     sc.stop().await;
@@ -202,10 +209,7 @@ async fn core_layer_survives_flushall_and_redis_restart() {
         .query_async::<()>(&mut c)
         .await
         .expect("FLUSHALL");
-    eventually("re-joined after FLUSHALL", || async {
-        (members(&redis, "user_1_tasks").await.len() == 1).then_some(())
-    })
-    .await;
+    joined(&redis, "user_1_tasks").await; // re-joined after FLUSHALL
     send.send("user_1_tasks", progress("t", 2)).await;
     assert_eq!(recv_json(&mut a).await["progress"], 2);
 
@@ -214,10 +218,7 @@ async fn core_layer_survives_flushall_and_redis_restart() {
     sc.wait_ready(503).await;
     redis.restart().await;
     sc.wait_ready(200).await;
-    eventually("re-joined after restart", || async {
-        (members(&redis, "user_1_tasks").await.len() == 1).then_some(())
-    })
-    .await;
+    joined(&redis, "user_1_tasks").await; // re-joined after restart
     // A new sender process, as a Celery worker would reconnect.
     let mut send = GroupSender::start(Layer::Core, &[redis.url()], &[]).await;
     send.send("user_1_tasks", progress("t", 3)).await;
@@ -288,7 +289,7 @@ async fn malformed_and_undecryptable_messages_are_counted_and_skipped() {
                 redis.publish("asgi__group__g", b"\xc1 not msgpack").await;
             }
             Layer::Core => {
-                let member = members(&redis, "g").await.pop().expect("joined g");
+                let member = joined(&redis, "g").await;
                 let inbox = format!("asgi{}", &member[..=member.find('!').expect("!")]);
                 let mut c = redis.conn().await.expect("connect");
                 redis::cmd("ZADD")
