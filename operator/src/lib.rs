@@ -15,6 +15,7 @@ pub mod crd;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod rbac;
 pub mod render;
 pub mod resources;
 pub mod shutdown;

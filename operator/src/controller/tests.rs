@@ -43,6 +43,10 @@ async fn create_applies_every_child_and_the_status() {
         .find(|e| e["name"] == "TASKSTREAM_REDIS_URL")
         .expect("redis env");
     assert_eq!(redis["valueFrom"]["secretKeyRef"]["name"], "redis");
+    // The Service exposes only `http`: the sidecar's admin port (POST /publish) stays in the pod.
+    assert_eq!(seen[1]["kind"], "Service");
+    assert_eq!(seen[1]["spec"]["ports"].as_array().map(Vec::len), Some(1));
+    assert_eq!(seen[1]["spec"]["ports"][0]["name"], "http");
     assert_eq!(seen[2]["spec"]["maxUnavailable"], 1);
     assert_eq!(seen[3]["spec"]["tls"][0]["secretName"], "shop-tls");
 

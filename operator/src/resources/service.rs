@@ -1,5 +1,9 @@
 //! The Service (port `http` -> the sidecar, never the app directly) and the
 //! PodDisruptionBudget that keeps one pod up during voluntary disruptions when there are several.
+//!
+//! The sidecar's admin port (9090) is deliberately not on the Service: it serves
+//! `POST /publish/<group>`, so whoever reaches it can publish to any group. It stays inside the
+//! pod (probes go to the pod IP); Prometheus scrapes `/metrics` per pod with a PodMonitor.
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
@@ -12,8 +16,6 @@ use crate::error::Result;
 
 /// Port of the Service's `http` port.
 pub const SERVICE_PORT: i32 = 80;
-/// Port of the Service's `admin` port (metrics scraping).
-pub const SERVICE_ADMIN_PORT: i32 = 9090;
 
 /// The ClusterIP Service in front of the sidecar.
 pub fn service(ts: &TaskStream) -> Result<Service> {
@@ -22,22 +24,14 @@ pub fn service(ts: &TaskStream) -> Result<Service> {
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
             selector: Some(selector_labels(ts)),
-            ports: Some(vec![
-                ServicePort {
-                    name: Some("http".into()),
-                    port: SERVICE_PORT,
-                    target_port: Some(IntOrString::String("http".into())),
-                    protocol: Some("TCP".into()),
-                    ..Default::default()
-                },
-                ServicePort {
-                    name: Some("admin".into()),
-                    port: SERVICE_ADMIN_PORT,
-                    target_port: Some(IntOrString::String("admin".into())),
-                    protocol: Some("TCP".into()),
-                    ..Default::default()
-                },
-            ]),
+            // Only `http`: the admin port must never be reachable through the Service.
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: SERVICE_PORT,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
             ..Default::default()
         }),
         status: None,

@@ -361,7 +361,15 @@ fn without_uid_there_is_no_owner_reference() {
 fn service_targets_the_sidecar_not_the_app() {
     let c = built(&TaskStream::test());
     let spec = c.service.spec.as_ref().expect("service spec");
-    let http = &spec.ports.as_ref().expect("ports")[0];
+    let ports = spec.ports.as_ref().expect("ports");
+    // The sidecar's admin port (POST /publish) must stay inside the pod.
+    assert_eq!(ports.len(), 1, "only the http port: {ports:?}");
+    assert!(
+        ports
+            .iter()
+            .all(|p| p.port != 9090 && p.name.as_deref() != Some("admin"))
+    );
+    let http = &ports[0];
     assert_eq!(http.name.as_deref(), Some("http"));
     assert_eq!(http.port, 80);
     assert_eq!(

@@ -1,0 +1,239 @@
+//! The table against the code: the controller's watches, reconciles that take every path that
+//! talks to the API, and leader election all run against a fake API server. Every request
+//! needs a row of operator/rbac.yaml, and every row must be needed by some request.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::*;
+use crate::controller::{self, Context};
+use crate::crd::TaskStream;
+use crate::fixtures::fakeapi::{FakeApi, Seen};
+use crate::fixtures::{NAME, NS, params};
+use crate::leader::{self, LeaseConfig};
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+
+const LEASE_NS: &str = "taskstream-system";
+const WITHIN: Duration = Duration::from_secs(10);
+
+fn context(client: kube::Client) -> Arc<Context> {
+    Arc::new(Context::new(client, params(), Metrics::default()))
+}
+
+/// Polls `api`'s log until `done` holds, failing the test after [`WITHIN`].
+async fn wait_for(api: &FakeApi, what: &str, done: impl Fn(&[Seen]) -> bool) {
+    let poll = async {
+        while !done(&api.log()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(WITHIN, poll)
+        .await
+        .unwrap_or_else(|_| panic!("fake API server never saw {what}: {:#?}", api.log()));
+}
+
+/// Reconciles that between them apply every child, delete stale ones, read Secrets, write the
+/// status and publish (then re-publish, as a series) a Warning Event.
+async fn reconcile_requests() -> Vec<Seen> {
+    let (client, api) = FakeApi::start(NS);
+    let ctx = context(client);
+    api.put(
+        &format!("/apis/taskstream.dev/v1alpha1/namespaces/{NS}/taskstreams/{NAME}"),
+        serde_json::to_value(TaskStream::test()).expect("json"),
+    );
+    api.put(
+        &format!("/api/v1/namespaces/{NS}/secrets/redis"),
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "redis", "namespace": NS},
+            "data": {"url": "cmVkaXM6Ly9yZWRpcw=="},
+        }),
+    );
+    let full = TaskStream::test()
+        .with_redis_secret("redis", "url")
+        .with_replicas(2)
+        .with_ingress("shop.example", Some("shop-tls"));
+    let run = |ts: TaskStream| controller::reconcile(Arc::new(ts), ctx.clone());
+    run(full).await.expect("full reconcile");
+    // The spec drops its PDB and Ingress: the operator deletes the ones it owns.
+    run(TaskStream::test()).await.expect("minimal reconcile");
+    // A missing Secret, twice: the second Warning patches the Event series.
+    for _ in 0..2 {
+        run(TaskStream::test().with_redis_secret("absent", "url"))
+            .await
+            .expect_err("secret is missing");
+    }
+    api.log()
+}
+
+/// The controller's initial lists and watches, cluster-wide or in one namespace.
+async fn controller_requests(namespace: Option<&str>) -> Vec<Seen> {
+    let (client, api) = FakeApi::start(NS);
+    let task = tokio::spawn(controller::run(
+        context(client),
+        namespace.map(String::from),
+        std::future::pending(),
+    ));
+    // TaskStreams, four kinds of children and Secrets: six watches.
+    wait_for(&api, "six watches", |log| {
+        log.iter()
+            .filter(|s| s.query.contains("watch=true"))
+            .count()
+            >= 6
+    })
+    .await;
+    task.abort();
+    api.log()
+}
+
+/// Leader election: create the Lease, take it, start the controller, release it on shutdown.
+async fn leader_requests() -> Vec<Seen> {
+    let (client, api) = FakeApi::start(NS);
+    let (trigger, shutdown) = Shutdown::new();
+    let lease = LeaseConfig {
+        name: "taskstream-operator".into(),
+        namespace: Some(LEASE_NS.into()),
+        identity: Some("operator-0".into()),
+        duration_seconds: 15,
+        grace_seconds: 5,
+    };
+    let task = tokio::spawn(leader::run(context(client), None, lease, shutdown));
+    wait_for(&api, "the controller started by the leader", |log| {
+        log.iter().any(|s| s.query.contains("watch=true"))
+    })
+    .await;
+    trigger.trigger();
+    match tokio::time::timeout(WITHIN, task).await {
+        Ok(result) => result.expect("leader task").expect("leader run"),
+        Err(_) => panic!("leader election did not stop on shutdown"),
+    }
+    api.log()
+}
+
+fn diff(what: &str, used: &BTreeSet<Permission>, table: &BTreeSet<Permission>) -> String {
+    format!(
+        "{what}: requests without a row in operator/rbac.yaml: {:?}; rows no request needs: {:?}",
+        used.difference(table).collect::<Vec<_>>(),
+        table.difference(used).collect::<Vec<_>>(),
+    )
+}
+
+#[tokio::test]
+async fn the_table_is_exactly_what_the_code_uses() {
+    let rules = rules().expect("operator/rbac.yaml parses");
+    let mut requests = reconcile_requests().await;
+    requests.extend(controller_requests(None).await);
+    requests.extend(leader_requests().await);
+
+    let (mut watched, mut lease) = (BTreeSet::new(), BTreeSet::new());
+    for seen in &requests {
+        let (permission, namespace) = permission_of(&seen.method, &seen.path, &seen.query)
+            .unwrap_or_else(|| panic!("not a resource request: {seen:?}"));
+        // A server-side apply that creates the object is authorized as patch and as create.
+        let create = (seen.created && permission.2 != "create").then(|| {
+            (
+                permission.0.clone(),
+                permission.1.clone(),
+                "create".to_string(),
+            )
+        });
+        let into = if permission.1 == "leases" {
+            assert_eq!(namespace.as_deref(), Some(LEASE_NS), "{seen:?}");
+            &mut lease
+        } else {
+            assert!(
+                namespace.is_none() || namespace.as_deref() == Some(NS),
+                "{seen:?}"
+            );
+            &mut watched
+        };
+        into.insert(permission);
+        into.extend(create);
+    }
+    let table = permissions(&rules, Scope::Watched);
+    assert_eq!(watched, table, "{}", diff("watched", &watched, &table));
+    let table = permissions(&rules, Scope::Lease);
+    assert_eq!(lease, table, "{}", diff("lease", &lease, &table));
+}
+
+#[tokio::test]
+async fn a_namespaced_operator_stays_in_its_namespace() {
+    // scope=namespace in the chart grants a Role in one namespace: nothing may be cluster-wide.
+    for seen in controller_requests(Some(NS)).await {
+        let (_, namespace) =
+            permission_of(&seen.method, &seen.path, &seen.query).expect("resource request");
+        assert_eq!(namespace.as_deref(), Some(NS), "{seen:?}");
+    }
+}
+
+#[test]
+fn requests_map_to_rbac_verbs() {
+    let p = |m: Method, path: &str, q: &str| {
+        permission_of(&m, path, q).map(|((g, r, v), ns)| (g, r, v, ns))
+    };
+    let s = |x: &str| x.to_string();
+    assert_eq!(
+        p(
+            Method::GET,
+            "/apis/apps/v1/deployments",
+            "labelSelector=x&limit=500"
+        ),
+        Some((s("apps"), s("deployments"), s("list"), None))
+    );
+    assert_eq!(
+        p(
+            Method::GET,
+            "/api/v1/namespaces/apps/secrets",
+            "watch=true&resourceVersion=1"
+        ),
+        Some((s(""), s("secrets"), s("watch"), Some(s("apps"))))
+    );
+    assert_eq!(
+        p(
+            Method::PATCH,
+            "/apis/taskstream.dev/v1alpha1/namespaces/apps/taskstreams/shop/status",
+            ""
+        ),
+        Some((
+            s("taskstream.dev"),
+            s("taskstreams/status"),
+            s("patch"),
+            Some(s("apps"))
+        ))
+    );
+    assert_eq!(
+        p(
+            Method::DELETE,
+            "/apis/policy/v1/namespaces/apps/poddisruptionbudgets/shop",
+            ""
+        ),
+        Some((
+            s("policy"),
+            s("poddisruptionbudgets"),
+            s("delete"),
+            Some(s("apps"))
+        ))
+    );
+    assert_eq!(p(Method::GET, "/healthz", ""), None);
+}
+
+#[test]
+fn the_table_parses_and_names_each_resource_once_per_scope() {
+    let rules = rules().expect("operator/rbac.yaml parses");
+    let mut seen = BTreeSet::new();
+    for r in &rules {
+        assert!(
+            seen.insert((r.scope, r.group.clone(), r.resource.clone())),
+            "{r:?} repeated"
+        );
+        assert!(!r.verbs.is_empty(), "{r:?} has no verbs");
+        assert!(
+            !r.verbs.iter().any(|v| v == "*") && r.resource != "*",
+            "{r:?}: no wildcards"
+        );
+    }
+}
