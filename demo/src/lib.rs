@@ -41,7 +41,11 @@ pub struct Args {
     #[arg(long, env = "TASKSTREAM_DEMO_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
     /// The sidecar's admin address, where events are published.
-    #[arg(long, env = "TASKSTREAM_DEMO_PUBLISH_URL", default_value = "http://127.0.0.1:9090")]
+    #[arg(
+        long,
+        env = "TASKSTREAM_DEMO_PUBLISH_URL",
+        default_value = "http://127.0.0.1:9090"
+    )]
     pub publish_url: String,
     /// Time between two progress events of a task, in milliseconds.
     #[arg(long, env = "TASKSTREAM_DEMO_STEP_MS", default_value_t = 250)]
@@ -83,7 +87,11 @@ pub async fn serve(listener: TcpListener, args: Args) {
     }
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()).boxed_unsync());
     *r.status_mut() = status;
     r.headers_mut()
@@ -111,8 +119,12 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             let mut r = respond(StatusCode::OK, "text/html; charset=utf-8", PAGE);
             if user.is_none() {
                 // "Log in" every new visitor as a fresh user, so each browser has its own group.
-                let id: String = std::iter::repeat_with(fastrand::alphanumeric).take(12).collect();
-                if let Ok(v) = HeaderValue::from_str(&format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax")) {
+                let id: String = std::iter::repeat_with(fastrand::alphanumeric)
+                    .take(12)
+                    .collect();
+                if let Ok(v) =
+                    HeaderValue::from_str(&format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax"))
+                {
                     r.headers_mut().insert(header::SET_COOKIE, v);
                 }
             }
@@ -120,16 +132,28 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         }
         // Forward auth: the sidecar asks this before admitting a WebSocket.
         (&Method::GET, "/ws-auth/") => match user {
-            Some(u) => respond(StatusCode::OK, "application/json", json!({"user": u, "groups": []}).to_string()),
+            Some(u) => respond(
+                StatusCode::OK,
+                "application/json",
+                json!({"user": u, "groups": []}).to_string(),
+            ),
             None => respond(StatusCode::UNAUTHORIZED, "text/plain", "not logged in\n"),
         },
         (&Method::POST, "/api/tasks") => {
             let Some(user) = user else {
-                return respond(StatusCode::UNAUTHORIZED, "text/plain", "not logged in: load / first\n");
+                return respond(
+                    StatusCode::UNAUTHORIZED,
+                    "text/plain",
+                    "not logged in: load / first\n",
+                );
             };
             let id = app.next_task.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(run_task(app.clone(), user, id));
-            respond(StatusCode::ACCEPTED, "application/json", json!({"task": id}).to_string())
+            respond(
+                StatusCode::ACCEPTED,
+                "application/json",
+                json!({"task": id}).to_string(),
+            )
         }
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
@@ -141,7 +165,12 @@ async fn run_task(app: Arc<App>, user: String, id: u64) {
     let group = format!("user:{user}");
     let fails = app.args.fail_every > 0 && id.is_multiple_of(app.args.fail_every);
     let mut progress = 0u64;
-    publish(&app, &group, json!({"task": id, "state": "running", "progress": 0})).await;
+    publish(
+        &app,
+        &group,
+        json!({"task": id, "state": "running", "progress": 0}),
+    )
+    .await;
     loop {
         tokio::time::sleep(Duration::from_millis(app.args.step_ms)).await;
         progress = (progress + fastrand::u64(8..=20)).min(100);
@@ -150,26 +179,42 @@ async fn run_task(app: Arc<App>, user: String, id: u64) {
             return;
         }
         if progress >= 100 {
-            publish(&app, &group, json!({"task": id, "state": "done", "progress": 100})).await;
+            publish(
+                &app,
+                &group,
+                json!({"task": id, "state": "done", "progress": 100}),
+            )
+            .await;
             return;
         }
-        publish(&app, &group, json!({"task": id, "state": "running", "progress": progress})).await;
+        publish(
+            &app,
+            &group,
+            json!({"task": id, "state": "running", "progress": progress}),
+        )
+        .await;
     }
 }
 
 async fn publish(app: &App, group: &str, event: serde_json::Value) {
-    let url = format!("{}/publish/{group}", app.args.publish_url.trim_end_matches('/'));
-    let req = match Request::post(&url).body(Full::new(Bytes::from(event.to_string())).boxed_unsync()) {
-        Ok(r) => r,
-        Err(e) => {
-            warn!(%url, error = %e, "bad publish url");
-            return;
-        }
-    };
+    let url = format!(
+        "{}/publish/{group}",
+        app.args.publish_url.trim_end_matches('/')
+    );
+    let req =
+        match Request::post(&url).body(Full::new(Bytes::from(event.to_string())).boxed_unsync()) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(%url, error = %e, "bad publish url");
+                return;
+            }
+        };
     match tokio::time::timeout(Duration::from_secs(2), app.client.request(req)).await {
         Ok(Ok(resp)) if resp.status().is_success() => {}
         Ok(Ok(resp)) => warn!(%url, status = %resp.status(), "publish refused"),
-        Ok(Err(e)) => warn!(%url, error = %e, "publish failed (is the sidecar running?); the event is lost"),
+        Ok(Err(e)) => {
+            warn!(%url, error = %e, "publish failed (is the sidecar running?); the event is lost")
+        }
         Err(_) => warn!(%url, "publish timed out; the event is lost"),
     }
 }

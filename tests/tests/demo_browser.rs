@@ -10,7 +10,9 @@ use taskstream_tests::upstream::{request, send};
 use taskstream_tests::{free_port, loopback};
 
 fn artifact(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("artifacts").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("artifacts")
+        .join(name)
 }
 
 #[tokio::test]
@@ -31,13 +33,23 @@ async fn progress_reaches_100_in_the_browser_and_survives_a_sidecar_restart() {
     .unwrap();
     let app = tokio::spawn(taskstream_demo::serve(app_listener, args));
     let upstream = format!("http://{app_addr}");
-    let sidecar_args = ["--broker", "memory", "--auth", "forward", "--upstream", &upstream];
+    let sidecar_args = [
+        "--broker",
+        "memory",
+        "--auth",
+        "forward",
+        "--upstream",
+        &upstream,
+    ];
     let mut sidecar = SidecarProcess::spawn_on(public, admin, &sidecar_args).await;
 
     let mut browser = Browser::launch().await;
     browser.navigate(&format!("http://{public}/")).await;
     browser
-        .wait_for("the live connection", "document.getElementById('conn').dataset.state === 'connected'")
+        .wait_for(
+            "the live connection",
+            "document.getElementById('conn').dataset.state === 'connected'",
+        )
         .await;
 
     browser.click("#start").await;
@@ -55,11 +67,17 @@ async fn progress_reaches_100_in_the_browser_and_survives_a_sidecar_restart() {
     sidecar.terminate();
     assert!(sidecar.wait_exit().await.success());
     browser
-        .wait_for("the page noticing the restart", "document.getElementById('conn').dataset.state === 'reconnecting'")
+        .wait_for(
+            "the page noticing the restart",
+            "document.getElementById('conn').dataset.state === 'reconnecting'",
+        )
         .await;
     let _sidecar = SidecarProcess::spawn_on(public, admin, &sidecar_args).await;
     browser
-        .wait_for("the page reconnected", "document.getElementById('conn').dataset.state === 'connected'")
+        .wait_for(
+            "the page reconnected",
+            "document.getElementById('conn').dataset.state === 'connected'",
+        )
         .await;
     browser.click("#start").await;
     browser
@@ -79,7 +97,9 @@ async fn progress_reaches_100_in_the_browser_and_survives_a_sidecar_restart() {
                         && t.querySelector('.state').textContent.startsWith('failed'); })()",
         )
         .await;
-    browser.screenshot(&artifact("demo-after-restart.png")).await;
+    browser
+        .screenshot(&artifact("demo-after-restart.png"))
+        .await;
     app.abort();
 }
 
@@ -89,20 +109,53 @@ async fn publish_api_is_on_the_admin_port_only() {
     let admin = loopback(free_port());
     let app_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app_addr = app_listener.local_addr().unwrap();
-    let args = taskstream_demo::Args::try_parse_from(["taskstream-demo", "--publish-url", &format!("http://{admin}")]).unwrap();
+    let args = taskstream_demo::Args::try_parse_from([
+        "taskstream-demo",
+        "--publish-url",
+        &format!("http://{admin}"),
+    ])
+    .unwrap();
     let app = tokio::spawn(taskstream_demo::serve(app_listener, args));
     let upstream = format!("http://{app_addr}");
-    let _sc = SidecarProcess::spawn_on(public, admin, &["--broker", "memory", "--auth", "none", "--upstream", &upstream]).await;
+    let _sc = SidecarProcess::spawn_on(
+        public,
+        admin,
+        &[
+            "--broker",
+            "memory",
+            "--auth",
+            "none",
+            "--upstream",
+            &upstream,
+        ],
+    )
+    .await;
 
-    let mut ws = taskstream_tests::ws::connect(&taskstream_tests::sidecar::ws_url(public, "groups=g")).await;
+    let mut ws =
+        taskstream_tests::ws::connect(&taskstream_tests::sidecar::ws_url(public, "groups=g")).await;
     // Through the public port, /publish/ is just an app path: the app says 404, nothing is sent.
-    let (status, _) = send(request("POST", &format!("http://{public}/publish/g"), "via public")).await;
+    let (status, _) = send(request(
+        "POST",
+        &format!("http://{public}/publish/g"),
+        "via public",
+    ))
+    .await;
     assert_eq!(status, 404);
-    let (status, body) = send(request("POST", &format!("http://{admin}/publish/g"), "via admin")).await;
+    let (status, body) = send(request(
+        "POST",
+        &format!("http://{admin}/publish/g"),
+        "via admin",
+    ))
+    .await;
     assert_eq!((status, body.trim()), (200, r#"{"receivers":1}"#));
     assert_eq!(taskstream_tests::ws::recv_text(&mut ws).await, "via admin");
     // Bad input: not UTF-8, wrong method, no group.
-    let (status, _) = send(request("POST", &format!("http://{admin}/publish/g"), vec![0xffu8, 0xfe])).await;
+    let (status, _) = send(request(
+        "POST",
+        &format!("http://{admin}/publish/g"),
+        vec![0xffu8, 0xfe],
+    ))
+    .await;
     assert_eq!(status, 400);
     let (status, _) = send(request("GET", &format!("http://{admin}/publish/g"), "")).await;
     assert_eq!(status, 405);
