@@ -33,6 +33,9 @@ use crate::metrics::{Metrics, RejectReason};
 use crate::proxy::{Body, Upstream, text};
 use crate::session;
 
+/// Initial WebSocket read buffer per client (see the comment at the upgrade).
+const READ_BUFFER: usize = 256;
+
 /// How long a handshake waits for the broker to confirm the client's subscriptions.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -210,8 +213,10 @@ async fn handshake(
             }
         };
         let ws_config = WebSocketConfig::default()
-            // Small buffers keep idle connections cheap; they grow only for large frames.
-            .read_buffer_size(4 * 1024)
+            // Clients only send pongs and closes, and tungstenite zero-fills (so touches) the
+            // whole read buffer on the first read: a small one keeps idle connections cheap.
+            // It still grows to fit any larger frame (up to --max-message-bytes).
+            .read_buffer_size(READ_BUFFER)
             .write_buffer_size(0)
             .max_write_buffer_size(usize::MAX)
             .max_message_size(Some(shared2.config.max_message_bytes))
