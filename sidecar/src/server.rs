@@ -198,8 +198,10 @@ async fn handshake(
     };
 
     let membership = shared.hub.join(identity.groups);
-    if shared.health.broker_up() {
-        // Subscribed before the 101: every event published after the handshake arrives.
+    if !shared.health.broker_lost() {
+        // Subscribed before the 101: every event published after the handshake arrives. Also
+        // at start-up, before the first Redis connection. Only while Redis is known to be down
+        // is the client admitted at once (and subscribed when Redis is back).
         membership.wait_confirmed(CONFIRM_TIMEOUT).await;
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
