@@ -10,26 +10,7 @@ use std::time::{Duration, Instant};
 const LIMIT: Duration = Duration::from_secs(120);
 
 fn sidecar_bin() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "taskstream-sidecar",
-            "--bin",
-            "taskstream-sidecar",
-        ])
-        .current_dir(&root)
-        .status()
-        .expect("run cargo build for the sidecar binary");
-    assert!(status.success(), "cargo build -p taskstream-sidecar failed");
-    std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"))
-        .join("debug")
-        .join("taskstream-sidecar")
+    taskstream_tests::sidecar::binary()
 }
 
 /// Runs `taskstream-bench <args>` and returns its JSON lines.

@@ -326,7 +326,8 @@ fn timed(r: Result<redis::RedisResult<()>, tokio::time::error::Elapsed>) -> Resu
     }
 }
 
-async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
+/// Sleeps for `d` unless `shutdown` comes first; `false` means shutting down.
+pub(crate) async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         _ = shutdown.cancelled() => false,
         _ = tokio::time::sleep(d) => true,
@@ -334,7 +335,7 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
 }
 
 /// Full jitter in [d/2, d].
-fn jitter(d: Duration) -> Duration {
+pub(crate) fn jitter(d: Duration) -> Duration {
     let ms = d.as_millis() as u64;
     Duration::from_millis(ms / 2 + fastrand::u64(0..=ms / 2))
 }

@@ -30,7 +30,7 @@ use crate::error::ConfigError;
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::redis::redacted;
+use crate::redis::{jitter, redacted, sleep_or_shutdown};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -515,17 +515,4 @@ fn now_secs() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = shutdown.cancelled() => false,
-        _ = tokio::time::sleep(d) => true,
-    }
-}
-
-/// Full jitter in [d/2, d].
-fn jitter(d: Duration) -> Duration {
-    let ms = d.as_millis() as u64;
-    Duration::from_millis(ms / 2 + fastrand::u64(0..=ms / 2))
 }
