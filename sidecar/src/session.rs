@@ -36,7 +36,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Serves one client until it leaves, lags, goes silent or the sidecar shuts down.
 pub async fn run(
     ws: Ws,
-    mut membership: Membership,
+    membership: Membership,
     shared: &Shared,
     peer: SocketAddr,
     user: Option<String>,
@@ -50,6 +50,7 @@ pub async fn run(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
     let lagged = membership.lagged.clone();
+    let queue = membership.queue.clone();
     let shutdown = shared.shutdown.clone();
 
     let reason = loop {
@@ -81,14 +82,13 @@ pub async fn run(
                     break CloseReason::Protocol;
                 }
             },
-            event = membership.rx.recv() => {
-                let Some(first) = event else { break CloseReason::Shutdown };
+            first = queue.pop() => {
                 let write = async {
                     sink.feed(Message::Text(first)).await?;
                     for _ in 1..BATCH {
-                        match membership.rx.try_recv() {
-                            Ok(next) => sink.feed(Message::Text(next)).await?,
-                            Err(_) => break,
+                        match queue.try_pop() {
+                            Some(next) => sink.feed(Message::Text(next)).await?,
+                            None => break,
                         }
                     }
                     sink.flush().await
