@@ -164,10 +164,7 @@ pub fn svg(runs: &[Value]) -> String {
     let mut title = String::from("fan-out");
     for r in runs.iter().filter(|r| r["scenario"] == "fanout") {
         let target = r["target"].as_str().unwrap_or("").to_owned();
-        title = format!(
-            "fan-out: {} connections over {} groups",
-            r["conns"], r["groups"]
-        );
+        title = format!("fan-out, {} conns / {} groups", r["conns"], r["groups"]);
         for s in r["steps"].as_array().into_iter().flatten() {
             let (Some(rate), Some(d), Some(p50), Some(p99)) = (
                 s["target_rate"].as_f64(),
@@ -194,7 +191,7 @@ pub fn svg(runs: &[Value]) -> String {
     let x = |v: f64| ml + v / x_max * (w - ml - mr);
     let y = |ms: f64| mt + (y_hi - ms.log10().clamp(y_lo, y_hi)) / (y_hi - y_lo) * (h - mt - mb);
     let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{ml}\" y=\"24\" font-size=\"15\">{title}: latency percentiles against delivered rate (medians of runs)</text>\n"
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{ml}\" y=\"24\" font-size=\"15\">{title}: latency percentiles vs delivered rate (medians)</text>\n"
     );
     for e in -2..=3 {
         let ms = 10f64.powi(e);
@@ -227,12 +224,12 @@ pub fn svg(runs: &[Value]) -> String {
     );
     let _ = writeln!(
         s,
-        "<line x1=\"{ml}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"#c33\" stroke-dasharray=\"4 3\"/><text x=\"{}\" y=\"{}\" fill=\"#c33\">100 ms</text>",
+        "<line x1=\"{ml}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"#c33\" stroke-dasharray=\"4 3\"/><text x=\"{}\" y=\"{}\" fill=\"#c33\" text-anchor=\"end\">p99 limit 100 ms</text>",
         w - mr,
         y(100.0),
         y(100.0),
-        w - mr + 4.0,
-        y(100.0) + 4.0
+        w - mr - 4.0,
+        y(100.0) - 5.0
     );
     let styles = [
         ("sidecar", 1, "#1f77b4", "", "taskstream p50"),
