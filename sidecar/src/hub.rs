@@ -12,13 +12,12 @@
 //! subscriptions with [`Hub::wanted`], so a reconnect resubscribes with the same code path.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{DropReason, Metrics};
 
@@ -53,9 +52,11 @@ struct Subscriber {
 pub struct Queue {
     events: Mutex<VecDeque<Utf8Bytes>>,
     capacity: usize,
+    /// Woken on every push, and once when the queue overflows.
     ready: Notify,
-    /// Cancelled when the queue overflowed: the session closes the client with 1013.
-    lagged: CancellationToken,
+    /// Set when the queue overflowed: the session closes the client with 1013. An atomic, not a
+    /// CancellationToken: the hub reads it once per client per event.
+    lagged: AtomicBool,
 }
 
 /// Queues at most this many slots' worth of memory once drained.
@@ -67,7 +68,7 @@ impl Queue {
             events: Mutex::new(VecDeque::new()),
             capacity,
             ready: Notify::new(),
-            lagged: CancellationToken::new(),
+            lagged: AtomicBool::new(false),
         }
     }
 
@@ -77,7 +78,9 @@ impl Queue {
             let mut q = self.events.lock().unwrap_or_else(|e| e.into_inner());
             if q.len() >= self.capacity {
                 drop(q);
-                self.lagged.cancel();
+                if !self.lagged.swap(true, Ordering::AcqRel) {
+                    self.ready.notify_one();
+                }
                 return false;
             }
             q.push_back(event.clone());
@@ -96,16 +99,30 @@ impl Queue {
         event
     }
 
-    /// Waits for the next event.
-    pub async fn pop(&self) -> Utf8Bytes {
+    /// Waits for the next event; `None` once the client lagged (the queue overflowed).
+    pub async fn pop(&self) -> Option<Utf8Bytes> {
         loop {
+            if self.is_lagged() {
+                return None;
+            }
             if let Some(event) = self.try_pop() {
-                return event;
+                return Some(event);
             }
             // notify_one stores a permit when nobody waits, so a push between the check above
             // and this await is not lost.
             self.ready.notified().await;
         }
+    }
+
+    /// Resolves once the client lagged (while the session is busy writing).
+    pub async fn lagged(&self) {
+        while !self.is_lagged() {
+            self.ready.notified().await;
+        }
+    }
+
+    pub fn is_lagged(&self) -> bool {
+        self.lagged.load(Ordering::Acquire)
     }
 
     pub fn len(&self) -> usize {
@@ -124,8 +141,6 @@ pub struct Membership {
     groups: Vec<String>,
     /// Events for this client, in publish order.
     pub queue: Arc<Queue>,
-    /// Cancelled when the client's queue overflowed.
-    pub lagged: CancellationToken,
 }
 
 impl Hub {
@@ -170,7 +185,6 @@ impl Hub {
             hub: self.clone(),
             id,
             groups,
-            lagged: queue.lagged.clone(),
             queue,
         }
     }
@@ -204,7 +218,7 @@ impl Hub {
         };
         let mut delivered = 0;
         for s in &entry.subscribers {
-            if s.queue.lagged.is_cancelled() {
+            if s.queue.is_lagged() {
                 continue;
             }
             if s.queue.push(payload) {
@@ -303,9 +317,9 @@ mod tests {
         assert_eq!(hub.publish("g1", &"one".into()), 2);
         assert_eq!(hub.publish("g2", &"two".into()), 1);
         assert_eq!(hub.publish("nobody", &"x".into()), 0);
-        assert_eq!(a.queue.pop().await, "one");
-        assert_eq!(b.queue.pop().await, "one");
-        assert_eq!(b.queue.pop().await, "two");
+        assert_eq!(a.queue.pop().await.unwrap(), "one");
+        assert_eq!(b.queue.pop().await.unwrap(), "one");
+        assert_eq!(b.queue.pop().await.unwrap(), "two");
         assert!(a.queue.try_pop().is_none());
         assert!(c.queue.try_pop().is_none());
     }
@@ -333,10 +347,15 @@ mod tests {
         let fast = hub.join(vec!["g".into()]);
         for i in 0..5 {
             hub.publish("g", &format!("{i}").into());
-            assert_eq!(fast.queue.pop().await, format!("{i}"));
+            assert_eq!(fast.queue.pop().await.unwrap(), format!("{i}"));
         }
-        assert!(slow.lagged.is_cancelled());
-        assert!(!fast.lagged.is_cancelled());
+        assert!(slow.queue.is_lagged());
+        assert!(!fast.queue.is_lagged());
+        assert_eq!(
+            slow.queue.pop().await,
+            None,
+            "a lagged queue yields no more events"
+        );
         assert_eq!(slow.queue.len(), 2, "queue stays at its bound");
     }
 
@@ -349,7 +368,7 @@ mod tests {
         tokio::task::yield_now().await;
         hub.publish("g", &"wake".into());
         let got = tokio::time::timeout(Duration::from_secs(5), reader).await;
-        assert_eq!(got.unwrap().unwrap(), "wake");
+        assert_eq!(got.unwrap().unwrap().as_deref(), Some("wake"));
         for i in 0..50 {
             hub.publish("g", &format!("{i}").into());
         }

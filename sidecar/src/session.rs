@@ -49,20 +49,18 @@ pub async fn run(
     let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
-    let lagged = membership.lagged.clone();
     let queue = membership.queue.clone();
-    let shutdown = shared.shutdown.clone();
+    // Registered once for the whole session: every session waits on the same token, and a
+    // future made anew per loop would re-register with it for every event.
+    let shutdown = shared.shutdown.cancelled();
+    tokio::pin!(shutdown);
 
     let reason = loop {
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => {
+            _ = &mut shutdown => {
                 close(&mut sink, CloseCode::Away, "server shutting down, reconnect").await;
                 break CloseReason::Shutdown;
-            }
-            _ = lagged.cancelled() => {
-                close(&mut sink, CloseCode::Again, "too slow: events were dropped, reconnect").await;
-                break CloseReason::SlowClient;
             }
             frame = stream.next() => match frame {
                 None => break CloseReason::Client,
@@ -82,7 +80,11 @@ pub async fn run(
                     break CloseReason::Protocol;
                 }
             },
-            first = queue.pop() => {
+            event = queue.pop() => {
+                let Some(first) = event else {
+                    close(&mut sink, CloseCode::Again, "too slow: events were dropped, reconnect").await;
+                    break CloseReason::SlowClient;
+                };
                 let write = async {
                     sink.feed(Message::Text(first)).await?;
                     for _ in 1..BATCH {
@@ -96,8 +98,8 @@ pub async fn run(
                 // A client that stops reading stalls the write; the hub then marks it lagging.
                 let outcome = tokio::select! {
                     r = write => Some(r),
-                    _ = lagged.cancelled() => None,
-                    _ = shutdown.cancelled() => None,
+                    _ = queue.lagged() => None,
+                    _ = &mut shutdown => None,
                 };
                 match outcome {
                     Some(Ok(())) => {}
@@ -105,7 +107,7 @@ pub async fn run(
                         debug!(%peer, error = %e, "write to client failed");
                         break CloseReason::Protocol;
                     }
-                    None if lagged.is_cancelled() => {
+                    None if queue.is_lagged() => {
                         close(&mut sink, CloseCode::Again, "too slow: events were dropped, reconnect").await;
                         break CloseReason::SlowClient;
                     }
