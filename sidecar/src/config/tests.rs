@@ -1,0 +1,129 @@
+//! Flag parsing and validation: every bad value names its flag.
+
+use super::*;
+
+fn args(extra: &[&str]) -> Result<Config, String> {
+    let mut argv = vec!["taskstream-sidecar"];
+    argv.extend_from_slice(extra);
+    Args::try_parse_from(argv)
+        .map_err(|e| e.to_string())?
+        .validate()
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+    assert_eq!(parse_duration("20s").unwrap(), Duration::from_secs(20));
+    assert_eq!(parse_duration("20").unwrap(), Duration::from_secs(20));
+    assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+    assert!(parse_duration("fast").is_err());
+    assert!(parse_duration("5d").is_err());
+}
+
+#[test]
+fn auth_has_no_default() {
+    let err = args(&["--broker", "memory"]).unwrap_err();
+    assert!(err.contains("--auth"), "{err}");
+}
+
+#[test]
+fn redis_needs_url() {
+    let err = args(&["--auth", "none"]).unwrap_err();
+    assert!(err.contains("--redis-url"), "{err}");
+    let cfg = args(&["--auth", "none", "--redis-url", "redis://127.0.0.1:6379"]).unwrap();
+    assert!(
+        matches!(cfg.broker, BrokerConfig::Redis { ref channel_prefix, .. } if channel_prefix == "taskstream:")
+    );
+}
+
+#[test]
+fn jwt_needs_exactly_one_key() {
+    let err = args(&["--auth", "jwt", "--broker", "memory"]).unwrap_err();
+    assert!(err.contains("--jwt-secret"), "{err}");
+    let err = args(&[
+        "--auth",
+        "jwt",
+        "--broker",
+        "memory",
+        "--jwt-secret",
+        "0123456789abcdef0123",
+        "--jwt-public-key-file",
+        "/nonexistent",
+    ])
+    .unwrap_err();
+    assert!(err.contains("only one"), "{err}");
+    let err = args(&[
+        "--auth",
+        "jwt",
+        "--broker",
+        "memory",
+        "--jwt-secret",
+        "short",
+    ])
+    .unwrap_err();
+    assert!(err.contains("16 bytes"), "{err}");
+}
+
+#[test]
+fn bad_values_name_the_flag() {
+    let err = args(&[
+        "--auth",
+        "none",
+        "--broker",
+        "memory",
+        "--upstream",
+        "ftp://x",
+    ])
+    .unwrap_err();
+    assert!(err.contains("--upstream"), "{err}");
+    let err = args(&["--auth", "none", "--broker", "memory", "--ws-path", "ws"]).unwrap_err();
+    assert!(err.contains("--ws-path"), "{err}");
+    let err = args(&[
+        "--auth",
+        "none",
+        "--broker",
+        "memory",
+        "--allowed-origins",
+        "example.com",
+    ])
+    .unwrap_err();
+    assert!(err.contains("--allowed-origins"), "{err}");
+    let err = args(&[
+        "--auth",
+        "none",
+        "--broker",
+        "memory",
+        "--ping-interval",
+        "soon",
+    ])
+    .unwrap_err();
+    assert!(err.contains("--ping-interval"), "{err}");
+}
+
+#[test]
+fn origins_parse() {
+    let cfg = args(&[
+        "--auth",
+        "none",
+        "--broker",
+        "memory",
+        "--allowed-origins",
+        "https://A.example.com/,http://b:8080",
+    ])
+    .unwrap();
+    assert_eq!(
+        cfg.allowed_origins,
+        AllowedOrigins::List(vec!["https://a.example.com".into(), "http://b:8080".into()])
+    );
+    let cfg = args(&[
+        "--auth",
+        "none",
+        "--broker",
+        "memory",
+        "--allowed-origins",
+        "*",
+    ])
+    .unwrap();
+    assert_eq!(cfg.allowed_origins, AllowedOrigins::Any);
+}
