@@ -1,6 +1,7 @@
 //! Local mode, as a newcomer sees it: the demo app behind the sidecar (memory broker, forward
 //! auth), driven in real headless Chromium. Saves `tests/artifacts/demo*.png`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
@@ -8,6 +9,7 @@ use taskstream_tests::browser::Browser;
 use taskstream_tests::sidecar::SidecarProcess;
 use taskstream_tests::upstream::{request, send};
 use taskstream_tests::{free_port, loopback};
+use tokio::task::JoinHandle;
 
 fn artifact(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -15,24 +17,24 @@ fn artifact(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Starts the demo app in-process, publishing to the sidecar admin address `admin`; returns the
+/// app's task and its URL (the sidecar's `--upstream`).
+async fn start_demo_app(admin: SocketAddr, extra: &[&str]) -> (JoinHandle<()>, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let publish_url = format!("http://{admin}");
+    let mut argv = vec!["taskstream-demo", "--publish-url", &publish_url];
+    argv.extend_from_slice(extra);
+    let args = taskstream_demo::Args::try_parse_from(argv).unwrap();
+    let app = tokio::spawn(taskstream_demo::serve(listener, args));
+    (app, format!("http://{addr}"))
+}
+
 #[tokio::test]
 async fn progress_reaches_100_in_the_browser_and_survives_a_sidecar_restart() {
     let public = loopback(free_port());
     let admin = loopback(free_port());
-    let app_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app_addr = app_listener.local_addr().unwrap();
-    let args = taskstream_demo::Args::try_parse_from([
-        "taskstream-demo",
-        "--publish-url",
-        &format!("http://{admin}"),
-        "--step-ms",
-        "40",
-        "--fail-every",
-        "3",
-    ])
-    .unwrap();
-    let app = tokio::spawn(taskstream_demo::serve(app_listener, args));
-    let upstream = format!("http://{app_addr}");
+    let (app, upstream) = start_demo_app(admin, &["--step-ms", "40", "--fail-every", "3"]).await;
     let sidecar_args = [
         "--broker",
         "memory",
@@ -107,16 +109,7 @@ async fn progress_reaches_100_in_the_browser_and_survives_a_sidecar_restart() {
 async fn publish_api_is_on_the_admin_port_only() {
     let public = loopback(free_port());
     let admin = loopback(free_port());
-    let app_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app_addr = app_listener.local_addr().unwrap();
-    let args = taskstream_demo::Args::try_parse_from([
-        "taskstream-demo",
-        "--publish-url",
-        &format!("http://{admin}"),
-    ])
-    .unwrap();
-    let app = tokio::spawn(taskstream_demo::serve(app_listener, args));
-    let upstream = format!("http://{app_addr}");
+    let (app, upstream) = start_demo_app(admin, &[]).await;
     let _sc = SidecarProcess::spawn_on(
         public,
         admin,
