@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backoff;
 pub mod broker;
 pub mod channels;
 pub mod config;
@@ -75,31 +76,11 @@ pub async fn run(
         );
     }
 
-    let public = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| Error::Bind {
-            what: "--listen",
-            addr: config.listen,
-            source,
-        })?;
-    let admin_listener = TcpListener::bind(config.admin_listen)
-        .await
-        .map_err(|source| Error::Bind {
-            what: "--admin-listen",
-            addr: config.admin_listen,
-            source,
-        })?;
+    let (public, public_addr) = bind("--listen", config.listen).await?;
+    let (admin_listener, admin_addr) = bind("--admin-listen", config.admin_listen).await?;
     let bound = Bound {
-        public: public.local_addr().map_err(|source| Error::Bind {
-            what: "--listen",
-            addr: config.listen,
-            source,
-        })?,
-        admin: admin_listener.local_addr().map_err(|source| Error::Bind {
-            what: "--admin-listen",
-            addr: config.admin_listen,
-            source,
-        })?,
+        public: public_addr,
+        admin: admin_addr,
     };
 
     let broker_stop = CancellationToken::new();
@@ -193,6 +174,18 @@ pub async fn run(
     let _ = admin_task.await;
     info!("sidecar stopped");
     Ok(())
+}
+
+/// Binds `addr` (the value of `flag`) and returns the listener with its actual address.
+async fn bind(flag: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr)> {
+    let err = |source| Error::Bind {
+        what: flag,
+        addr,
+        source,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let local = listener.local_addr().map_err(err)?;
+    Ok((listener, local))
 }
 
 /// Resolves on SIGTERM or SIGINT.

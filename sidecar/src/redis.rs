@@ -26,12 +26,11 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::backoff::Backoff;
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::metrics::{DropReason, Metrics};
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A PING this often finds a peer that vanished without closing the socket.
 const PING_EVERY: Duration = Duration::from_secs(5);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -141,7 +140,7 @@ impl RedisBroker {
         metrics: Metrics,
         shutdown: CancellationToken,
     ) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::default();
         let mut connected_once = false;
         loop {
             let attempt = tokio::select! {
@@ -151,19 +150,17 @@ impl RedisBroker {
             let pubsub = match attempt {
                 Ok(Ok(p)) => p,
                 Ok(Err(e)) => {
-                    warn!(redis = %self.display, error = %e, retry_in = ?backoff, "redis connect failed; clients stay connected, retrying");
-                    if !sleep_or_shutdown(jitter(backoff), &shutdown).await {
+                    warn!(redis = %self.display, error = %e, retry_in = ?backoff.current(), "redis connect failed; clients stay connected, retrying");
+                    if !backoff.wait(&shutdown).await {
                         return;
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
                 }
                 Err(_) => {
-                    warn!(redis = %self.display, retry_in = ?backoff, "redis connect timed out; retrying");
-                    if !sleep_or_shutdown(jitter(backoff), &shutdown).await {
+                    warn!(redis = %self.display, retry_in = ?backoff.current(), "redis connect timed out; retrying");
+                    if !backoff.wait(&shutdown).await {
                         return;
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
                 }
             };
@@ -187,8 +184,8 @@ impl RedisBroker {
                 Ended::Shutdown => return,
                 Ended::Lost(why) => {
                     warn!(redis = %self.display, error = %why, "redis connection lost; clients stay connected, reconnecting and resubscribing");
-                    backoff = BACKOFF_MIN;
-                    if !sleep_or_shutdown(jitter(backoff), &shutdown).await {
+                    backoff.reset();
+                    if !backoff.wait(&shutdown).await {
                         return;
                     }
                 }
@@ -326,20 +323,6 @@ fn timed(r: Result<redis::RedisResult<()>, tokio::time::error::Elapsed>) -> Resu
     }
 }
 
-/// Sleeps for `d` unless `shutdown` comes first; `false` means shutting down.
-pub(crate) async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = shutdown.cancelled() => false,
-        _ = tokio::time::sleep(d) => true,
-    }
-}
-
-/// Full jitter in [d/2, d].
-pub(crate) fn jitter(d: Duration) -> Duration {
-    let ms = d.as_millis() as u64;
-    Duration::from_millis(ms / 2 + fastrand::u64(0..=ms / 2))
-}
-
 /// `redis://user:secret@host:6379/0` -> `redis://host:6379/0`, for logs.
 pub fn redacted(url: &str) -> String {
     match url.split_once("://") {
@@ -363,13 +346,5 @@ mod tests {
         );
         assert_eq!(redacted("rediss://u:p@w@h:1"), "rediss://h:1");
         assert_eq!(redacted("redis://h:1"), "redis://h:1");
-    }
-
-    #[test]
-    fn jitter_stays_in_range() {
-        for _ in 0..100 {
-            let j = jitter(Duration::from_millis(1000));
-            assert!(j >= Duration::from_millis(500) && j <= Duration::from_millis(1000));
-        }
     }
 }

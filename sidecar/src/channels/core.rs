@@ -26,14 +26,13 @@ use tracing::{debug, info, warn};
 
 use super::codec::Codec;
 use super::{ChannelsConfig, consistent_hash};
+use crate::backoff::Backoff;
 use crate::error::ConfigError;
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::redis::{jitter, redacted, sleep_or_shutdown};
+use crate::redis::redacted;
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often each shard is checked for a lost membership (FLUSHALL, restart without data).
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -151,7 +150,7 @@ impl Core {
         metrics: &Metrics,
         shutdown: &CancellationToken,
     ) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::default();
         let mut connected_once = false;
         loop {
             let mut conns = Vec::with_capacity(self.shards.len());
@@ -170,18 +169,17 @@ impl Core {
                 }
             }
             if let Some(e) = failed {
-                warn!(error = %e, retry_in = ?backoff, "redis connect failed; clients stay connected, retrying");
-                if !sleep_or_shutdown(jitter(backoff), shutdown).await {
+                warn!(error = %e, retry_in = ?backoff.current(), "redis connect failed; clients stay connected, retrying");
+                if !backoff.wait(shutdown).await {
                     return;
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
             if connected_once {
                 metrics.redis_reconnects.inc();
             }
             connected_once = true;
-            backoff = BACKOFF_MIN;
+            backoff.reset();
             let mut session = Membership {
                 core: self,
                 hub,
@@ -195,7 +193,7 @@ impl Core {
             match ended {
                 Err(why) => {
                     warn!(error = %why, "redis connection lost; clients stay connected, re-joining groups on reconnect");
-                    if !sleep_or_shutdown(jitter(backoff), shutdown).await {
+                    if !backoff.wait(shutdown).await {
                         return;
                     }
                 }
@@ -210,7 +208,7 @@ impl Core {
     // ---- drain ------------------------------------------------------------------------------
 
     async fn drain(&self, hub: &Hub, metrics: &Metrics, shutdown: &CancellationToken) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::default();
         let mut near_capacity_warned = false;
         loop {
             let attempt = tokio::select! {
@@ -221,14 +219,13 @@ impl Core {
                 Ok(c) => c,
                 Err(e) => {
                     debug!(error = %e, "inbox connection failed; retrying");
-                    if !sleep_or_shutdown(jitter(backoff), shutdown).await {
+                    if !backoff.wait(shutdown).await {
                         return;
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
                 }
             };
-            backoff = BACKOFF_MIN;
+            backoff.reset();
             loop {
                 let popped = tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -252,7 +249,7 @@ impl Core {
                     }
                     Err(e) => {
                         debug!(error = %e, "inbox connection lost; reconnecting");
-                        if !sleep_or_shutdown(jitter(backoff), shutdown).await {
+                        if !backoff.wait(shutdown).await {
                             return;
                         }
                         break;
