@@ -238,7 +238,10 @@ impl Session<'_> {
                     self.deliver(&msg, metrics);
                 }
                 _ = ping.tick() => {
-                    match tokio::time::timeout(COMMAND_TIMEOUT, self.sink.ping::<String>()).await {
+                    // In subscribe mode a RESP2 server answers PING with the array
+                    // `["pong", ""]` and a RESP3 server with `PONG`: any reply proves the peer
+                    // alive, so it is read as a plain Value, never as a string.
+                    match tokio::time::timeout(COMMAND_TIMEOUT, self.sink.ping::<redis::Value>()).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => return Ended::Lost(format!("ping: {e}")),
                         Err(_) => return Ended::Lost("ping: no answer within 5s".into()),
