@@ -1,4 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and `POST /publish/<group>`.
+//! The admin listener: `/healthz`, `/readyz`, `/readyz/broker`, `/metrics`, and
+//! `POST /publish/<group>`.
 //!
 //! It must stay inside the pod (the operator exposes only the public port in the Service):
 //! anyone who reaches it can publish to any group.
@@ -68,13 +69,23 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, "/readyz") => {
             if admin.health.shutting_down() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
-            } else if !admin.health.broker_up() {
+            } else if !admin.health.ready() {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "broker (redis) not connected\n",
+                    "broker (redis) not connected, and --ready-requires-broker is set\n",
                 )
             } else {
                 text(StatusCode::OK, "ready\n")
+            }
+        }
+        (&Method::GET, "/readyz/broker") => {
+            if admin.health.broker_up() {
+                text(StatusCode::OK, "broker connected\n")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "broker (redis) not connected; clients stay connected and get events again once it is back\n",
+                )
             }
         }
         (&Method::GET, "/metrics") => {
@@ -99,13 +110,13 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
             resp
         }
         (&Method::POST, p) if p.starts_with("/publish/") => publish(admin, req).await,
-        (_, "/healthz" | "/readyz" | "/metrics") => {
+        (_, "/healthz" | "/readyz" | "/readyz/broker" | "/metrics") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
         }
         (_, p) if p.starts_with("/publish/") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: /healthz /readyz /metrics POST /publish/<group>\n",
+            "not found: /healthz /readyz /readyz/broker /metrics POST /publish/<group>\n",
         ),
     }
 }

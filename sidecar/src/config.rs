@@ -158,6 +158,12 @@ pub struct Args {
     #[arg(long, env = "TASKSTREAM_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Make `/readyz` also require the broker (Redis) connection. Off by default: a Redis
+    /// outage then keeps the pod in the Service, so the app's plain HTTP keeps working
+    /// (`/readyz/broker` and `taskstream_broker_up` report the broker).
+    #[arg(long, env = "TASKSTREAM_READY_REQUIRES_BROKER", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub ready_requires_broker: bool,
+
     /// Log format.
     #[arg(
         long,
@@ -200,6 +206,7 @@ pub struct Config {
     pub send_queue: usize,
     pub ping_interval: Duration,
     pub shutdown_grace: Duration,
+    pub ready_requires_broker: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -391,6 +398,7 @@ impl Args {
             send_queue: self.send_queue,
             ping_interval: self.ping_interval,
             shutdown_grace: self.shutdown_grace,
+            ready_requires_broker: self.ready_requires_broker,
         })
     }
 }

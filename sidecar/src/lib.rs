@@ -62,7 +62,7 @@ pub async fn run(
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health::new(config.ready_requires_broker));
     let hub = Hub::new(
         config.send_queue,
         matches!(config.broker, BrokerConfig::Memory),

@@ -88,6 +88,15 @@ impl Sidecar {
         .await;
     }
 
+    /// Waits for `/readyz/broker` to answer `status` (200: the broker is connected).
+    pub async fn wait_broker(&self, status: u16) {
+        let admin = self.admin;
+        crate::eventually(&format!("/readyz/broker == {status}"), || async move {
+            (http_get(&format!("http://{admin}/readyz/broker")).await.0 == status).then_some(())
+        })
+        .await;
+    }
+
     /// Graceful stop, as on SIGTERM; waits for `run` to return.
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
