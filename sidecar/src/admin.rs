@@ -23,13 +23,12 @@ use crate::broker::{Broker, PublishError};
 use crate::health::Health;
 use crate::proxy::{Body, text};
 
-/// Largest event accepted by `POST /publish/<group>`.
-pub const MAX_PUBLISH_BYTES: usize = 1024 * 1024;
-
 pub struct Admin {
     pub health: Arc<Health>,
     pub registry: Registry,
     pub broker: Broker,
+    /// `--max-event-bytes`: the largest body `POST /publish/<group>` accepts.
+    pub max_event_bytes: usize,
 }
 
 /// Serves the admin port until `stop` is cancelled.
@@ -132,7 +131,7 @@ async fn publish(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
             );
         }
     };
-    let body = match Limited::new(req.into_body(), MAX_PUBLISH_BYTES)
+    let body = match Limited::new(req.into_body(), admin.max_event_bytes)
         .collect()
         .await
     {
@@ -143,7 +142,10 @@ async fn publish(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
             {
                 return text(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("event larger than {MAX_PUBLISH_BYTES} bytes\n"),
+                    format!(
+                        "event larger than {} bytes (--max-event-bytes)\n",
+                        admin.max_event_bytes
+                    ),
                 );
             }
             return text(StatusCode::BAD_REQUEST, format!("read body: {e}\n"));

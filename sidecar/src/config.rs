@@ -146,6 +146,11 @@ pub struct Args {
     #[arg(long, env = "TASKSTREAM_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,
 
+    /// Largest event relayed to clients; bigger ones are dropped and counted
+    /// (`taskstream_events_dropped_total{reason="TooLarge"}`). Also the limit of `POST /publish`.
+    #[arg(long, env = "TASKSTREAM_MAX_EVENT_BYTES", default_value_t = 1024 * 1024)]
+    pub max_event_bytes: usize,
+
     /// Events queued per client before it counts as too slow and is closed with 1013.
     #[arg(long, env = "TASKSTREAM_SEND_QUEUE", default_value_t = 256)]
     pub send_queue: usize,
@@ -203,6 +208,7 @@ pub struct Config {
     pub allowed_origins: AllowedOrigins,
     pub max_connections: usize,
     pub max_message_bytes: usize,
+    pub max_event_bytes: usize,
     pub send_queue: usize,
     pub ping_interval: Duration,
     pub shutdown_grace: Duration,
@@ -379,6 +385,12 @@ impl Args {
                 "must be at least 125 (a control frame)",
             ));
         }
+        if self.max_event_bytes == 0 || self.max_event_bytes > 64 * 1024 * 1024 {
+            return Err(ConfigError::new(
+                "--max-event-bytes",
+                "must be between 1 and 67108864 (64 MiB)",
+            ));
+        }
         if self.send_queue == 0 {
             return Err(ConfigError::new("--send-queue", "must be at least 1"));
         }
@@ -395,6 +407,7 @@ impl Args {
             allowed_origins,
             max_connections: self.max_connections,
             max_message_bytes: self.max_message_bytes,
+            max_event_bytes: self.max_event_bytes,
             send_queue: self.send_queue,
             ping_interval: self.ping_interval,
             shutdown_grace: self.shutdown_grace,

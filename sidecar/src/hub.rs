@@ -28,6 +28,8 @@ pub struct Hub {
     confirmed: watch::Sender<u64>,
     next_id: AtomicU64,
     queue: usize,
+    /// `--max-event-bytes`: larger events are dropped, so a client's write buffer stays bounded.
+    max_event: usize,
     /// With the in-memory broker there is nothing to subscribe to: every group is live at once.
     auto_confirm: bool,
     metrics: Metrics,
@@ -144,8 +146,9 @@ pub struct Membership {
 }
 
 impl Hub {
-    pub fn new(queue: usize, auto_confirm: bool, metrics: Metrics) -> Arc<Self> {
+    pub fn new(queue: usize, max_event: usize, auto_confirm: bool, metrics: Metrics) -> Arc<Self> {
         Arc::new(Self {
+            max_event,
             groups: RwLock::new(HashMap::new()),
             changed: Notify::new(),
             confirmed: watch::channel(0).0,
@@ -212,6 +215,16 @@ impl Hub {
     /// Queues `payload` to every local client of `group`; returns how many got it.
     pub fn publish(&self, group: &str, payload: &Utf8Bytes) -> usize {
         self.metrics.events_received.inc();
+        if payload.len() > self.max_event {
+            self.metrics.dropped(DropReason::TooLarge);
+            tracing::warn!(
+                group,
+                bytes = payload.len(),
+                limit = self.max_event,
+                "dropped an event larger than --max-event-bytes; publish less, or raise the limit"
+            );
+            return 0;
+        }
         let map = self.groups.read().unwrap_or_else(|e| e.into_inner());
         let Some(entry) = map.get(group) else {
             return 0;
@@ -305,7 +318,7 @@ mod tests {
     use super::*;
 
     fn hub(queue: usize) -> Arc<Hub> {
-        Hub::new(queue, true, Metrics::default())
+        Hub::new(queue, 1 << 20, true, Metrics::default())
     }
 
     #[tokio::test]
@@ -380,7 +393,7 @@ mod tests {
 
     #[tokio::test]
     async fn confirmation_gates_until_source_confirms() {
-        let hub = Hub::new(4, false, Metrics::default());
+        let hub = Hub::new(4, 1 << 20, false, Metrics::default());
         let m = hub.join(vec!["a".into(), "b".into()]);
         assert!(!m.wait_confirmed(Duration::from_millis(20)).await);
         let h2 = hub.clone();

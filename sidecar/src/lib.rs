@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod redis;
 pub mod server;
 pub mod session;
+pub mod stall;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -65,6 +66,7 @@ pub async fn run(
     let health = Arc::new(Health::new(config.ready_requires_broker));
     let hub = Hub::new(
         config.send_queue,
+        config.max_event_bytes,
         matches!(config.broker, BrokerConfig::Memory),
         metrics.clone(),
     );
@@ -132,6 +134,7 @@ pub async fn run(
         health: health.clone(),
         registry,
         broker,
+        max_event_bytes: config.max_event_bytes,
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin, admin_stop.clone()));
 

@@ -29,16 +29,30 @@ pub enum DropReason {
     Malformed,
     /// A Django Channels message no `--channels-symmetric-encryption-keys` key decrypts.
     Undecryptable,
+    /// Larger than `--max-event-bytes`.
+    TooLarge,
 }
 
 /// Why a client connection ended, as seen by the sidecar.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum CloseReason {
+    /// The client closed, or its connection ended.
     Client,
+    /// Its event queue overflowed (1013).
     SlowClient,
+    /// Silent for two ping intervals, or a ping could not be sent in time.
     Timeout,
+    /// A frame or message above `--max-message-bytes` (1009).
     TooBig,
+    /// A WebSocket protocol violation (1002).
     Protocol,
+    /// A text frame that is not UTF-8 (1007).
+    InvalidUtf8,
+    /// It did not read what we had to write (pongs, close) past the bound (1008).
+    Unread,
+    /// A write to it failed (connection reset).
+    Gone,
+    /// The sidecar shut down (1001).
     Shutdown,
 }
 

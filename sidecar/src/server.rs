@@ -32,9 +32,13 @@ use crate::hub::Hub;
 use crate::metrics::{Metrics, RejectReason};
 use crate::proxy::{Body, Upstream, text};
 use crate::session;
+use crate::stall::Stall;
 
 /// Initial WebSocket read buffer per client (see the comment at the upgrade).
 const READ_BUFFER: usize = 256;
+
+/// Room for a frame header and the `taskstream.v1` JSON envelope around an event's payload.
+const EVENT_FRAMING: usize = 1024;
 
 /// How long a handshake waits for the broker to confirm the client's subscriptions.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
@@ -220,13 +224,16 @@ async fn handshake(
             // It still grows to fit any larger frame (up to --max-message-bytes).
             .read_buffer_size(READ_BUFFER)
             .write_buffer_size(0)
-            .max_write_buffer_size(usize::MAX)
+            // Events are written only once the previous write drained, so the buffer holds at
+            // most one event plus what tungstenite adds by itself (pongs, the close reply).
+            .max_write_buffer_size(
+                shared2.config.max_event_bytes + EVENT_FRAMING + session::OWED_LIMIT,
+            )
             .max_message_size(Some(shared2.config.max_message_bytes))
             .max_frame_size(Some(shared2.config.max_message_bytes));
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                .await;
-        session::run(ws, membership, &shared2, peer, identity.user).await;
+        let (io, stall) = Stall::new(TokioIo::new(upgraded));
+        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
+        session::run(ws, stall, membership, &shared2, peer, identity.user).await;
         drop(permit);
     });
 

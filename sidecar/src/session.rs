@@ -7,7 +7,9 @@
 //! ```
 //!
 //! The session never blocks the hub: if the client stops reading, writes stall, the queue fills,
-//! the hub marks the client lagging, and the session closes it with 1013.
+//! the hub marks the client lagging, and the session closes it with 1013. What tungstenite writes
+//! on its own (pongs, the close reply) sits in its bounded write buffer; a client that keeps
+//! pinging while not reading is closed with 1008 once it is owed more than [`OWED_LIMIT`].
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -25,17 +27,22 @@ use tracing::{debug, info};
 use crate::hub::Membership;
 use crate::metrics::CloseReason;
 use crate::server::Shared;
+use crate::stall::{Stall, StallFlag};
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
+type Ws = WebSocketStream<Stall<TokioIo<Upgraded>>>;
 
 /// Events written per flush, so a burst costs one syscall rather than one per event.
 const BATCH: usize = 64;
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pong bytes a client may be owed while our writes to it are stalled (it pings but does not
+/// read); past this it is closed with 1008. Also the slack of the write buffer above one event.
+pub const OWED_LIMIT: usize = 64 * 1024;
 
 /// Serves one client until it leaves, lags, goes silent or the sidecar shuts down.
 pub async fn run(
     ws: Ws,
+    stall: StallFlag,
     membership: Membership,
     shared: &Shared,
     peer: SocketAddr,
@@ -49,6 +56,8 @@ pub async fn run(
     let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
+    // Pong bytes owed since our writes stalled.
+    let mut owed = 0usize;
     let queue = membership.queue.clone();
     // Registered once for the whole session: every session waits on the same token, and a
     // future made anew per loop would re-register with it for every event.
@@ -69,11 +78,39 @@ pub async fn run(
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
                     break CloseReason::Client;
                 }
+                Some(Ok(Message::Ping(p))) => {
+                    last_seen = Instant::now();
+                    if !stall.is_stalled() {
+                        owed = 0;
+                    } else {
+                        owed += p.len() + 2;
+                        if owed > OWED_LIMIT {
+                            info!(%peer, owed, "closing a client that pings but does not read (its pongs would pile up)");
+                            close(&mut sink, CloseCode::Policy, "not reading: unsent data over the limit").await;
+                            break CloseReason::Unread;
+                        }
+                    }
+                }
                 Some(Ok(_)) => last_seen = Instant::now(),
                 Some(Err(WsError::Capacity(e))) => {
                     debug!(%peer, error = %e, "client frame too big");
                     close(&mut sink, CloseCode::Size, "message too big").await;
                     break CloseReason::TooBig;
+                }
+                Some(Err(WsError::Utf8(_))) => {
+                    debug!(%peer, "client sent a text frame that is not UTF-8");
+                    close(&mut sink, CloseCode::Invalid, "text frame is not UTF-8").await;
+                    break CloseReason::InvalidUtf8;
+                }
+                Some(Err(WsError::Protocol(e))) => {
+                    debug!(%peer, error = %e, "client broke the WebSocket protocol");
+                    close(&mut sink, CloseCode::Protocol, "protocol error").await;
+                    break CloseReason::Protocol;
+                }
+                Some(Err(WsError::WriteBufferFull(_))) => {
+                    debug!(%peer, "client does not read; write buffer full");
+                    close(&mut sink, CloseCode::Policy, "not reading: unsent data over the limit").await;
+                    break CloseReason::Unread;
                 }
                 Some(Err(e)) => {
                     debug!(%peer, error = %e, "client connection error");
@@ -103,9 +140,14 @@ pub async fn run(
                 };
                 match outcome {
                     Some(Ok(())) => {}
+                    Some(Err(WsError::WriteBufferFull(_))) => {
+                        debug!(%peer, "client does not read; write buffer full");
+                        close(&mut sink, CloseCode::Policy, "not reading: unsent data over the limit").await;
+                        break CloseReason::Unread;
+                    }
                     Some(Err(e)) => {
                         debug!(%peer, error = %e, "write to client failed");
-                        break CloseReason::Protocol;
+                        break CloseReason::Gone;
                     }
                     None if queue.is_lagged() => {
                         close(&mut sink, CloseCode::Again, "too slow: events were dropped, reconnect").await;

@@ -212,6 +212,18 @@ impl SidecarProcess {
         p
     }
 
+    /// The process's resident memory in KiB (`VmRSS` of /proc/<pid>/status).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().and_then(|c| c.id()).expect("running");
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let pid = self
