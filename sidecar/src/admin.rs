@@ -19,14 +19,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::broker::{Broker, PublishError};
+use crate::broker::{Broker, PublishError, Published};
 use crate::health::Health;
 use crate::proxy::{Body, text};
 
 pub struct Admin {
     pub health: Arc<Health>,
     pub registry: Registry,
-    pub broker: Broker,
+    pub broker: Arc<Broker>,
     /// `--max-event-bytes`: the largest body `POST /publish/<group>` accepts.
     pub max_event_bytes: usize,
 }
@@ -152,8 +152,16 @@ async fn publish(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
         }
     };
     match admin.broker.publish(&group, body).await {
-        Ok(n) => text(StatusCode::OK, format!("{{\"receivers\":{n}}}\n")),
-        Err(e @ PublishError::NotUtf8) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        Ok(Published { receivers, id }) => {
+            let answer = match id {
+                Some(id) => serde_json::json!({"receivers": receivers, "id": id.to_string()}),
+                None => serde_json::json!({"receivers": receivers}),
+            };
+            text(StatusCode::OK, format!("{answer}\n"))
+        }
+        Err(e @ (PublishError::NotUtf8 | PublishError::Reserved)) => {
+            text(StatusCode::BAD_REQUEST, format!("{e}\n"))
+        }
         Err(e) => {
             warn!(group, error = %e, "publish failed");
             text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"))

@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use http::Uri;
 
+use crate::broker::history::HistoryConfig;
 use crate::error::ConfigError;
 
 /// How WebSocket clients are authenticated and given their groups.
@@ -169,6 +170,15 @@ pub struct Args {
     #[arg(long, env = "TASKSTREAM_READY_REQUIRES_BROKER", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub ready_requires_broker: bool,
 
+    /// Events kept per group for clients that resume with `last_id` (0 = no history). Needs
+    /// `--redis-protocol pubsub` (or `--broker memory`).
+    #[arg(long, env = "TASKSTREAM_HISTORY_SIZE", default_value_t = 0)]
+    pub history_size: usize,
+
+    /// A group's history expires this long after its last event.
+    #[arg(long, env = "TASKSTREAM_HISTORY_TTL", default_value = "10m", value_parser = parse_duration)]
+    pub history_ttl: Duration,
+
     /// Log format.
     #[arg(
         long,
@@ -213,6 +223,8 @@ pub struct Config {
     pub ping_interval: Duration,
     pub shutdown_grace: Duration,
     pub ready_requires_broker: bool,
+    /// `--history-size` > 0: events are kept for resume.
+    pub history: Option<HistoryConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -394,6 +406,33 @@ impl Args {
         if self.send_queue == 0 {
             return Err(ConfigError::new("--send-queue", "must be at least 1"));
         }
+        let history = match self.history_size {
+            0 => None,
+            size if size > 100_000 => {
+                return Err(ConfigError::new("--history-size", "at most 100000 events per group"));
+            }
+            size => Some(HistoryConfig {
+                size,
+                ttl: self.history_ttl,
+            }),
+        };
+        if history.is_some() {
+            if self.history_ttl < Duration::from_secs(1) {
+                return Err(ConfigError::new("--history-ttl", "must be at least 1s"));
+            }
+            if matches!(
+                &broker,
+                BrokerConfig::Redis {
+                    protocol: Protocol::Channels(_),
+                    ..
+                }
+            ) {
+                return Err(ConfigError::new(
+                    "--history-size",
+                    "history needs --redis-protocol pubsub: the Django Channels layers are at-most-once (publish with the taskstream script instead; see the README)",
+                ));
+            }
+        }
         if self.ping_interval.is_zero() {
             return Err(ConfigError::new("--ping-interval", "must be above zero"));
         }
@@ -412,6 +451,7 @@ impl Args {
             ping_interval: self.ping_interval,
             shutdown_grace: self.shutdown_grace,
             ready_requires_broker: self.ready_requires_broker,
+            history,
         })
     }
 }

@@ -26,11 +26,14 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::auth::{Authenticator, Rejection};
+use crate::broker::Broker;
 use crate::config::{AllowedOrigins, Config};
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::metrics::{Metrics, RejectReason};
 use crate::proxy::{Body, Upstream, text};
+use crate::broker::id::StreamId;
+use crate::protocol;
 use crate::session;
 use crate::stall::Stall;
 
@@ -47,6 +50,8 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct Shared {
     pub config: Config,
     pub hub: Arc<Hub>,
+    /// Publishing and history (resume reads).
+    pub broker: Arc<Broker>,
     pub auth: Authenticator,
     pub upstream: Upstream,
     pub metrics: Metrics,
@@ -189,6 +194,14 @@ async fn handshake(
             "too many connections, try again later",
         );
     };
+    let v1 = protocol::offered(req.headers());
+    let resume = match last_ids(req.uri().query(), v1) {
+        Ok(r) => r,
+        Err(msg) => {
+            debug!(%peer, why = %msg, "websocket handshake refused");
+            return reject(&shared, StatusCode::BAD_REQUEST, RejectReason::BadRequest, &msg);
+        }
+    };
     let identity = match shared.auth.authenticate(&req).await {
         Ok(id) => id,
         Err(Rejection {
@@ -201,13 +214,18 @@ async fn handshake(
         }
     };
 
-    let membership = shared.hub.join(identity.groups);
-    if !shared.health.broker_lost() {
-        // Subscribed before the 101: every event published after the handshake arrives. Also
-        // at start-up, before the first Redis connection. Only while Redis is known to be down
-        // is the client admitted at once (and subscribed when Redis is back).
-        membership.wait_confirmed(CONFIRM_TIMEOUT).await;
+    if let Some((g, _)) = resume.iter().find(|(g, _)| !identity.groups.contains(g)) {
+        let msg = format!("last_id names group {g:?}, which is not one of this connection's groups (granted, and in ?groups= when given)");
+        debug!(%peer, why = %msg, "websocket handshake refused");
+        return reject(&shared, StatusCode::FORBIDDEN, RejectReason::Forbidden, &msg);
     }
+
+    let membership = shared.hub.join(identity.groups);
+    // Subscribed before the 101: every event published after the handshake arrives. Also at
+    // start-up, before the first Redis connection. Only while Redis is known to be down is the
+    // client admitted at once (and subscribed when Redis is back).
+    let confirmed =
+        !shared.health.broker_lost() && membership.wait_confirmed(CONFIRM_TIMEOUT).await;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let shared2 = shared.clone();
     shared.tasks.spawn(async move {
@@ -233,7 +251,13 @@ async fn handshake(
             .max_frame_size(Some(shared2.config.max_message_bytes));
         let (io, stall) = Stall::new(TokioIo::new(upgraded));
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
-        session::run(ws, stall, membership, &shared2, peer, identity.user).await;
+        let options = session::Options {
+            v1,
+            resume,
+            confirmed,
+            user: identity.user,
+        };
+        session::run(ws, stall, membership, &shared2, peer, options).await;
         drop(permit);
     });
 
@@ -245,7 +269,36 @@ async fn handshake(
     if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
+    if v1 {
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(protocol::SUBPROTOCOL),
+        );
+    }
     resp
+}
+
+/// The `last_id` query parameters, one per group; they need the `taskstream.v1` subprotocol
+/// (a client without it never saw an id).
+fn last_ids(query: Option<&str>, v1: bool) -> Result<Vec<(String, StreamId)>, String> {
+    let mut out: Vec<(String, StreamId)> = Vec::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if k != "last_id" {
+            continue;
+        }
+        if !v1 {
+            return Err(format!(
+                "last_id needs the WebSocket subprotocol {} (Sec-WebSocket-Protocol)",
+                protocol::SUBPROTOCOL
+            ));
+        }
+        let (group, id) = protocol::parse_last_id(&v)?;
+        if out.iter().any(|(g, _)| *g == group) {
+            return Err(format!("last_id given twice for group {group:?}"));
+        }
+        out.push((group, id));
+    }
+    Ok(out)
 }
 
 /// Refuses browsers from other sites. `Err` carries the offending origin for the log.

@@ -21,10 +21,13 @@ use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, info};
 
-use crate::hub::Membership;
+use crate::broker::history::{Recovery, ResetReason};
+use crate::broker::id::StreamId;
+use crate::hub::{Event, Membership};
+use crate::protocol;
 use crate::metrics::CloseReason;
 use crate::server::Shared;
 use crate::stall::{Stall, StallFlag};
@@ -39,6 +42,18 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// read); past this it is closed with 1008. Also the slack of the write buffer above one event.
 pub const OWED_LIMIT: usize = 64 * 1024;
 
+/// What the handshake settled for this client.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// It speaks `taskstream.v1`: JSON frames with ids, resets.
+    pub v1: bool,
+    /// `last_id` per group: deliver what it missed first.
+    pub resume: Vec<(String, StreamId)>,
+    /// The broker confirmed its subscriptions before the 101 (every later event is live).
+    pub confirmed: bool,
+    pub user: Option<String>,
+}
+
 /// Serves one client until it leaves, lags, goes silent or the sidecar shuts down.
 pub async fn run(
     ws: Ws,
@@ -46,8 +61,14 @@ pub async fn run(
     membership: Membership,
     shared: &Shared,
     peer: SocketAddr,
-    user: Option<String>,
+    options: Options,
 ) {
+    let Options {
+        v1,
+        resume,
+        confirmed,
+        user,
+    } = options;
     let metrics = &shared.metrics;
     metrics.connections.inc();
     debug!(%peer, user = user.as_deref().unwrap_or("-"), groups = ?membership.groups(), "client connected");
@@ -63,6 +84,48 @@ pub async fn run(
     // future made anew per loop would re-register with it for every event.
     let shutdown = shared.shutdown.cancelled();
     tokio::pin!(shutdown);
+
+    // Missed events first; live ones wait in the queue meanwhile (subscribed before the 101).
+    let mut floors = Vec::new();
+    if !resume.is_empty() {
+        let caught_up = tokio::select! {
+            r = tokio::time::timeout(interval, recover(&mut sink, shared, resume, confirmed)) => r,
+            _ = &mut shutdown => Ok(Err(WsError::ConnectionClosed)),
+        };
+        match caught_up {
+            Ok(Ok(f)) => floors = f,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "client went away while catching up");
+                close(&mut sink, CloseCode::Away, "reconnect").await;
+                metrics.closed(CloseReason::Gone);
+                metrics.connections.dec();
+                return;
+            }
+            Err(_) => {
+                info!(%peer, "client did not take its missed events within a ping interval; closing");
+                close(&mut sink, CloseCode::Again, "too slow catching up, reconnect").await;
+                metrics.closed(CloseReason::SlowClient);
+                metrics.connections.dec();
+                return;
+            }
+        }
+    }
+    let frame = |ev: &Event, floors: &mut Vec<(String, StreamId)>| -> Option<Utf8Bytes> {
+        if let Some(id) = ev.id
+            && let Some(pos) = floors.iter().position(|(g, _)| **g == *ev.group)
+        {
+            if id <= floors[pos].1 {
+                return None; // already delivered from history
+            }
+            // Past the seam: the group's live ids only grow from here.
+            floors.swap_remove(pos);
+        }
+        Some(if v1 {
+            ev.v1_frame().clone()
+        } else {
+            ev.payload.clone()
+        })
+    };
 
     let reason = loop {
         tokio::select! {
@@ -123,10 +186,16 @@ pub async fn run(
                     break CloseReason::SlowClient;
                 };
                 let write = async {
-                    sink.feed(Message::Text(first)).await?;
+                    if let Some(f) = frame(&first, &mut floors) {
+                        sink.feed(Message::Text(f)).await?;
+                    }
                     for _ in 1..BATCH {
                         match queue.try_pop() {
-                            Some(next) => sink.feed(Message::Text(next)).await?,
+                            Some(next) => {
+                                if let Some(f) = frame(&next, &mut floors) {
+                                    sink.feed(Message::Text(f)).await?;
+                                }
+                            }
                             None => break,
                         }
                     }
@@ -174,6 +243,46 @@ pub async fn run(
     metrics.closed(reason);
     metrics.connections.dec();
     debug!(%peer, ?reason, "client disconnected");
+}
+
+/// Sends each resumed group's missed events (or a reset); returns the last id sent per group,
+/// below which live copies are duplicates.
+async fn recover<S>(
+    sink: &mut S,
+    shared: &Shared,
+    resume: Vec<(String, StreamId)>,
+    confirmed: bool,
+) -> Result<Vec<(String, StreamId)>, WsError>
+where
+    S: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    let mut floors = Vec::with_capacity(resume.len());
+    for (group, last) in resume {
+        // Without a confirmed subscription, events published after the read could be lost.
+        let recovery = if confirmed {
+            shared.broker.recover(&group, last).await
+        } else {
+            shared.metrics.history_reset(ResetReason::Unavailable);
+            Recovery::Reset(ResetReason::Unavailable)
+        };
+        match recovery {
+            Recovery::Events(events) => {
+                let mut floor = last;
+                for (id, payload) in events {
+                    let f = protocol::event_frame(&group, Some(id), &payload);
+                    sink.feed(Message::Text(f)).await?;
+                    floor = id;
+                }
+                floors.push((group, floor));
+            }
+            Recovery::Reset(reason) => {
+                sink.feed(Message::Text(protocol::reset_frame(&group, reason)))
+                    .await?;
+            }
+        }
+    }
+    sink.flush().await?;
+    Ok(floors)
 }
 
 /// Sends a close frame, bounded in time: a client that does not read must not hold us.
