@@ -78,7 +78,11 @@ impl Broker {
         )
     }
 
-    pub fn redis(redis: Arc<RedisBroker>, history: Option<HistoryConfig>, metrics: Metrics) -> Self {
+    pub fn redis(
+        redis: Arc<RedisBroker>,
+        history: Option<HistoryConfig>,
+        metrics: Metrics,
+    ) -> Self {
         Self::with(Source::Redis(redis), history, metrics)
     }
 
@@ -156,7 +160,19 @@ impl Broker {
                 ..
             } => Ok(ring.snapshot(group, last, count)),
             Source::Memory { history: None, .. } => return self.reset(ResetReason::HistoryOff),
-            Source::Redis(redis) => redis.read_history(group, last, count).await,
+            Source::Redis(redis) => {
+                // A read is idempotent: retried briefly while the command connection is being
+                // re-made (e.g. just after a Redis restart), before giving up with a reset.
+                let mut attempt = redis.read_history(group, last, count).await;
+                for pause_ms in [50, 200, 500] {
+                    if attempt.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+                    attempt = redis.read_history(group, last, count).await;
+                }
+                attempt
+            }
         };
         self.metrics
             .history_read_seconds

@@ -409,7 +409,10 @@ impl Args {
         let history = match self.history_size {
             0 => None,
             size if size > 100_000 => {
-                return Err(ConfigError::new("--history-size", "at most 100000 events per group"));
+                return Err(ConfigError::new(
+                    "--history-size",
+                    "at most 100000 events per group",
+                ));
             }
             size => Some(HistoryConfig {
                 size,

@@ -88,14 +88,20 @@ mod tests {
         assert!(v.get("id").is_none(), "live-only events carry no id");
         let r: serde_json::Value =
             serde_json::from_str(&reset_frame("g", ResetReason::TooFar)).unwrap();
-        assert_eq!(r, serde_json::json!({"type":"reset","group":"g","reason":"too_far"}));
+        assert_eq!(
+            r,
+            serde_json::json!({"type":"reset","group":"g","reason":"too_far"})
+        );
     }
 
     #[test]
     fn last_id_splits_at_the_last_colon() {
         assert_eq!(
             parse_last_id("user:42:1700000000000-3").unwrap(),
-            ("user:42".to_string(), StreamId::parse("1700000000000-3").unwrap())
+            (
+                "user:42".to_string(),
+                StreamId::parse("1700000000000-3").unwrap()
+            )
         );
         assert_eq!(parse_last_id("g:0").unwrap().1, StreamId::ZERO);
         for bad in ["nocolon", ":5-0", "g:", "g:abc", "g:1-x"] {
@@ -111,7 +117,10 @@ mod tests {
             "chat, taskstream.v1".parse().unwrap(),
         );
         assert!(offered(&h));
-        h.insert(http::header::SEC_WEBSOCKET_PROTOCOL, "chat".parse().unwrap());
+        h.insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            "chat".parse().unwrap(),
+        );
         assert!(!offered(&h));
     }
 }

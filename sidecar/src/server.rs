@@ -27,13 +27,13 @@ use tracing::{debug, info, warn};
 
 use crate::auth::{Authenticator, Rejection};
 use crate::broker::Broker;
+use crate::broker::id::StreamId;
 use crate::config::{AllowedOrigins, Config};
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::metrics::{Metrics, RejectReason};
-use crate::proxy::{Body, Upstream, text};
-use crate::broker::id::StreamId;
 use crate::protocol;
+use crate::proxy::{Body, Upstream, text};
 use crate::session;
 use crate::stall::Stall;
 
@@ -199,7 +199,12 @@ async fn handshake(
         Ok(r) => r,
         Err(msg) => {
             debug!(%peer, why = %msg, "websocket handshake refused");
-            return reject(&shared, StatusCode::BAD_REQUEST, RejectReason::BadRequest, &msg);
+            return reject(
+                &shared,
+                StatusCode::BAD_REQUEST,
+                RejectReason::BadRequest,
+                &msg,
+            );
         }
     };
     let identity = match shared.auth.authenticate(&req).await {
@@ -215,9 +220,16 @@ async fn handshake(
     };
 
     if let Some((g, _)) = resume.iter().find(|(g, _)| !identity.groups.contains(g)) {
-        let msg = format!("last_id names group {g:?}, which is not one of this connection's groups (granted, and in ?groups= when given)");
+        let msg = format!(
+            "last_id names group {g:?}, which is not one of this connection's groups (granted, and in ?groups= when given)"
+        );
         debug!(%peer, why = %msg, "websocket handshake refused");
-        return reject(&shared, StatusCode::FORBIDDEN, RejectReason::Forbidden, &msg);
+        return reject(
+            &shared,
+            StatusCode::FORBIDDEN,
+            RejectReason::Forbidden,
+            &msg,
+        );
     }
 
     let membership = shared.hub.join(identity.groups);

@@ -27,8 +27,8 @@ use tracing::{debug, info};
 use crate::broker::history::{Recovery, ResetReason};
 use crate::broker::id::StreamId;
 use crate::hub::{Event, Membership};
-use crate::protocol;
 use crate::metrics::CloseReason;
+use crate::protocol;
 use crate::server::Shared;
 use crate::stall::{Stall, StallFlag};
 
@@ -103,7 +103,12 @@ pub async fn run(
             }
             Err(_) => {
                 info!(%peer, "client did not take its missed events within a ping interval; closing");
-                close(&mut sink, CloseCode::Again, "too slow catching up, reconnect").await;
+                close(
+                    &mut sink,
+                    CloseCode::Again,
+                    "too slow catching up, reconnect",
+                )
+                .await;
                 metrics.closed(CloseReason::SlowClient);
                 metrics.connections.dec();
                 return;

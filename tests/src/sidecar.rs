@@ -224,6 +224,14 @@ impl SidecarProcess {
             .expect("VmRSS in /proc/<pid>/status")
     }
 
+    /// SIGKILL, as a crashed or evicted pod: no close frames, nothing drained.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.start_kill();
+            let _ = tokio::time::timeout(WAIT, c.wait()).await;
+        }
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let pid = self

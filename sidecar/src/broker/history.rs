@@ -93,7 +93,11 @@ pub enum Recovery {
 /// How many entries to read for a resume from `last`: one more than can be delivered, so that
 /// "too far behind" is seen rather than silently cut.
 pub fn read_count(last: StreamId, size: usize) -> usize {
-    if last == StreamId::ZERO { size } else { size + 1 }
+    if last == StreamId::ZERO {
+        size
+    } else {
+        size + 1
+    }
 }
 
 /// Decides, from one atomic snapshot, whether the events after `last` are all there.

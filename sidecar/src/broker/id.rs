@@ -15,7 +15,8 @@ impl StreamId {
     /// Parses `<ms>-<seq>`, or `<ms>` (seq 0), as Redis does.
     pub fn parse(s: &str) -> Option<Self> {
         let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
-        let digits = |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
+        let digits =
+            |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
         if !digits(ms) || !digits(seq) {
             return None;
         }
@@ -72,7 +73,16 @@ mod tests {
         assert_eq!(StreamId::parse("0").unwrap(), StreamId::ZERO);
         // Numeric, not lexicographic: 9-0 < 10-0.
         assert!(StreamId::parse("9-0").unwrap() < StreamId::parse("10-0").unwrap());
-        for bad in ["", "-", "a-1", "1-", "1-2-3", "1- 2", "+", "123456789012345678901-0"] {
+        for bad in [
+            "",
+            "-",
+            "a-1",
+            "1-",
+            "1-2-3",
+            "1- 2",
+            "+",
+            "123456789012345678901-0",
+        ] {
             assert!(StreamId::parse(bad).is_none(), "{bad:?}");
         }
         assert_eq!(a.to_string(), "1700000000000-5");
@@ -84,6 +94,9 @@ mod tests {
             StreamId::parse("5-0").unwrap().predecessor().to_string(),
             "4-18446744073709551615"
         );
-        assert_eq!(StreamId::parse("5-3").unwrap().predecessor().to_string(), "5-2");
+        assert_eq!(
+            StreamId::parse("5-3").unwrap().predecessor().to_string(),
+            "5-2"
+        );
     }
 }

@@ -44,7 +44,11 @@ fn resume_delivers_exactly_what_follows_or_resets() {
     let r = decide(id("12-0"), snap(true, "0-0", "12-0", &[]), 5);
     assert_eq!(ids(&r), Vec::<String>::new());
     // More missed than this sidecar reads back (it read size + 1).
-    let r = decide(id("1-0"), snap(true, "0-0", "12-0", &["2-0", "3-0", "4-0"]), 2);
+    let r = decide(
+        id("1-0"),
+        snap(true, "0-0", "12-0", &["2-0", "3-0", "4-0"]),
+        2,
+    );
     assert_eq!(ids(&r), ["reset:too_far"]);
     // Late joiner: whatever is there, never a reset.
     let r = decide(StreamId::ZERO, snap(false, "0-0", "0-0", &[]), 5);
