@@ -192,11 +192,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The headers sent to the app: the client's, minus hop-by-hop, plus `X-Forwarded-*`.
-///
-/// `X-Forwarded-For` gets the peer appended. `-Proto` and `-Host` are kept when an ingress in
-/// front already set them (it knows the scheme the browser used); otherwise they describe the
-/// request the sidecar received.
+/// The headers sent to the app: the client's, minus hop-by-hop, plus `X-Forwarded-*`
+/// (see [`add_forwarded`]).
 pub fn forward_headers(incoming: &HeaderMap, peer: SocketAddr, upgrade: bool) -> HeaderMap {
     let mut headers = incoming.clone();
     let upgrade_value = headers.get(header::UPGRADE).cloned();
@@ -208,23 +205,52 @@ pub fn forward_headers(incoming: &HeaderMap, peer: SocketAddr, upgrade: bool) ->
             headers.insert(header::UPGRADE, v);
         }
     }
-    let peer_ip = peer.ip().to_string();
-    let xff = match incoming.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {peer_ip}"),
-        _ => peer_ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    }
-    if !headers.contains_key(&X_FORWARDED_HOST)
-        && let Some(host) = incoming.get(header::HOST).cloned()
-    {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
-    }
+    add_forwarded(&mut headers, incoming, peer);
     headers
+}
+
+/// Sets `X-Forwarded-*` on a request to the app from the client's `incoming` headers: every
+/// request the sidecar sends the app on a client's behalf (proxied, or forward auth) goes
+/// through here, so the app sees one story.
+///
+/// `X-Forwarded-For` is the client's value (all its lines, in order) with the peer appended: the
+/// app trusts only the hops it knows, and the last one is always the real peer. `-Proto` and
+/// `-Host` are kept when an ingress in front already set them (it knows the scheme the browser
+/// used); otherwise they describe the request the sidecar received.
+pub fn add_forwarded(out: &mut HeaderMap, incoming: &HeaderMap, peer: SocketAddr) {
+    let mut xff: Vec<&str> = incoming
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let peer_ip = peer.ip().to_canonical().to_string();
+    xff.push(&peer_ip);
+    out.remove(&X_FORWARDED_FOR);
+    match HeaderValue::from_str(&xff.join(", ")) {
+        Ok(v) => out.insert(X_FORWARDED_FOR.clone(), v),
+        // Only the peer then: never pass on a value we could not extend.
+        Err(_) => out.insert(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_str(&peer_ip).expect("an IP address is a valid header value"),
+        ),
+    };
+    for (name, fallback) in [
+        (&X_FORWARDED_PROTO, Some(HeaderValue::from_static("http"))),
+        (&X_FORWARDED_HOST, incoming.get(header::HOST).cloned()),
+    ] {
+        out.remove(name);
+        let mut given = incoming.get_all(name).iter().peekable();
+        if given.peek().is_none() {
+            if let Some(v) = fallback {
+                out.insert(name.clone(), v);
+            }
+        }
+        for v in given {
+            out.append(name.clone(), v.clone());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -265,6 +291,34 @@ mod tests {
         let out = forward_headers(&h, peer(), false);
         assert_eq!(out["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
         assert_eq!(out["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn every_forwarded_for_line_is_kept_in_order_and_the_peer_is_last() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.append("x-forwarded-for", HeaderValue::from_static(" 7.7.7.7 "));
+        h.append("x-forwarded-host", HeaderValue::from_static("a.example"));
+        h.append("x-forwarded-host", HeaderValue::from_static("b.example"));
+        let mut out = HeaderMap::new();
+        out.insert("x-forwarded-for", HeaderValue::from_static("stale"));
+        add_forwarded(&mut out, &h, peer());
+        assert_eq!(out["x-forwarded-for"], "6.6.6.6, 7.7.7.7, 10.1.2.3");
+        assert_eq!(out.get_all("x-forwarded-for").iter().count(), 1);
+        let hosts: Vec<_> = out.get_all("x-forwarded-host").iter().collect();
+        assert_eq!(hosts, ["a.example", "b.example"]);
+        assert_eq!(out["x-forwarded-proto"], "http");
+        let v6: SocketAddr = "[::ffff:10.9.8.7]:1".parse().unwrap();
+        let mut out = HeaderMap::new();
+        add_forwarded(&mut out, &HeaderMap::new(), v6);
+        assert_eq!(
+            out["x-forwarded-for"], "10.9.8.7",
+            "IPv4-mapped peers read as IPv4"
+        );
+        assert!(
+            !out.contains_key("x-forwarded-host"),
+            "no Host, nothing to forward"
+        );
     }
 
     #[test]

@@ -185,7 +185,7 @@ async fn handshake(
             "too many connections, try again later",
         );
     };
-    let identity = match shared.auth.authenticate(&req).await {
+    let identity = match shared.auth.authenticate(&req, peer).await {
         Ok(id) => id,
         Err(Rejection {
             status,
