@@ -94,13 +94,7 @@ impl Upstream {
 
     /// Sends a request to the app as is.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, String> {
-        self.client.request(req).await.map_err(|e| {
-            // The legacy client's Display is terse; its source says what really happened.
-            match std::error::Error::source(&e) {
-                Some(src) => format!("{e}: {src}"),
-                None => e.to_string(),
-            }
-        })
+        self.client.request(req).await.map_err(|e| describe(&e))
     }
 
     /// Proxies one client request to the app.
@@ -120,9 +114,20 @@ impl Upstream {
             .expect("method and uri come from a parsed request");
         *out.headers_mut() = forward_headers(&parts.headers, peer, upgrade);
 
-        let resp = match self.send(out).await {
+        let resp = match self.client.request(out).await {
             Ok(resp) => resp,
+            Err(e) if client_body_failed(&e) => {
+                // The client's own body broke (bad chunk size, upload aborted): nothing the app
+                // did, so no warning and no `class="error"` that would page someone about it.
+                debug!(method = %parts.method, path = %parts.uri.path(), %peer, error = %describe(&e), "client request body broken; answering 400");
+                self.metrics.proxied_client_error();
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "400 bad request: the request body could not be read\n",
+                );
+            }
             Err(e) => {
+                let e = describe(&e);
                 warn!(method = %parts.method, path = %parts.uri.path(), upstream = %self.base, error = %e, "app did not answer; returning 502 (is the app running and listening on --upstream?)");
                 self.metrics.proxied(None);
                 return text(
@@ -142,6 +147,35 @@ impl Upstream {
         strip_hop_by_hop(&mut parts.headers);
         Response::from_parts(parts, body.boxed_unsync())
     }
+}
+
+/// The legacy client's Display is terse; its source says what really happened.
+fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(src) => format!("{e}: {src}"),
+        None => e.to_string(),
+    }
+}
+
+/// Whether a failed request to the app failed because the client's request body did.
+///
+/// The body streamed to the app is the client's `Incoming`, whose errors are `hyper::Error`s
+/// (a bad chunk, the connection closed mid-body). When polling it fails, the client connection
+/// to the app reports a *user* error ("error from user's Body stream") caused by that
+/// `hyper::Error`. Every app-side failure (refused, reset, closed, timed out) is a connect or
+/// I/O error instead, and so stays a 502.
+fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>()
+            && h.is_user()
+            && std::error::Error::source(h).is_some_and(|src| src.is::<hyper::Error>())
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Answers the client with the app's 101 and copies bytes both ways once both sides upgraded.
