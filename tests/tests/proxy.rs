@@ -303,3 +303,50 @@ async fn a_broken_client_body_is_a_400_and_not_blamed_on_the_app() {
         "only the stopped app is blamed: {logs}"
     );
 }
+
+#[tokio::test]
+async fn http_1_1_without_host_is_refused_with_400_on_every_path() {
+    let app = App::start().await;
+    let sc = Sidecar::start(&[
+        "--auth",
+        "none",
+        "--broker",
+        "memory",
+        "--upstream",
+        &app.url(),
+    ])
+    .await;
+    let ws_head = |host: &str| {
+        format!(
+            "GET /ws/tasks/?groups=g HTTP/1.1\r\n{host}Upgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+    };
+    let (ws_no_host, ws_host) = (ws_head(""), ws_head("Host: a\r\n"));
+    let cases: [(&[u8], Option<u16>); 6] = [
+        (b"GET /echo HTTP/1.1\r\n\r\n", Some(400)),
+        (
+            b"GET /echo HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            Some(400),
+        ),
+        (b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n", Some(200)),
+        // HTTP/1.0 predates Host: still proxied.
+        (b"GET /echo HTTP/1.0\r\n\r\n", Some(200)),
+        (ws_no_host.as_bytes(), Some(400)),
+        (ws_host.as_bytes(), Some(101)),
+    ];
+    for (raw, want) in cases {
+        assert_eq!(
+            raw_request(sc.public, raw, false).await,
+            want,
+            "{}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    assert_eq!(
+        sc.metric("taskstream_connections_rejected_total{reason=\"BadRequest\"}")
+            .await,
+        1.0
+    );
+    sc.stop().await;
+}
