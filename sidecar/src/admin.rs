@@ -1,8 +1,10 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics`, and `POST /publish/<group>`.
 //!
-//! It must stay inside the pod (the operator exposes only the public port in the Service):
-//! anyone who reaches it can publish to any group.
+//! It listens on the pod IP (kubelet probes and Prometheus come from outside the pod), so
+//! `POST /publish/<group>` answers only loopback peers, the app in the same pod, unless
+//! `--publish-allow-remote`: otherwise any pod could publish to any group.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::broker::{Broker, PublishError};
 use crate::health::Health;
@@ -29,15 +31,17 @@ pub struct Admin {
     pub health: Arc<Health>,
     pub registry: Registry,
     pub broker: Broker,
+    /// `--publish-allow-remote`: accept `POST /publish` from non-loopback peers.
+    pub publish_allow_remote: bool,
 }
 
 /// Serves the admin port until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok(pair) => pair,
                 Err(e) => {
                     warn!(error = %e, "admin accept failed; backing off 100ms");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -49,7 +53,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationT
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&admin, req).await) }
+                async move { Ok::<_, std::convert::Infallible>(handle(&admin, req, peer).await) }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -61,7 +65,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationT
     }
 }
 
-async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
+async fn handle(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path().to_owned();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
@@ -98,7 +102,19 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
             );
             resp
         }
-        (&Method::POST, p) if p.starts_with("/publish/") => publish(admin, req).await,
+        (&Method::POST, p) if p.starts_with("/publish/") => {
+            if !admin.publish_allow_remote && !is_loopback(peer.ip()) {
+                info!(%peer, "refused POST /publish from a non-loopback peer (see --publish-allow-remote)");
+                return text(
+                    StatusCode::FORBIDDEN,
+                    "403 forbidden: POST /publish/<group> is accepted from loopback only; \
+                     publish from the app's container to http://127.0.0.1:<admin port>, or start \
+                     the sidecar with --publish-allow-remote (TASKSTREAM_PUBLISH_ALLOW_REMOTE=true) \
+                     to accept it from other pods\n",
+                );
+            }
+            publish(admin, req).await
+        }
         (_, "/healthz" | "/readyz" | "/metrics") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
         }
@@ -148,9 +164,47 @@ async fn publish(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// Whether `ip` is this host talking to itself: `127.0.0.0/8`, `::1`, and the IPv4-mapped
+/// `::ffff:127.x.y.z` a dual-stack (`[::]`) listener sees for IPv4 loopback clients. The pod IP
+/// is not loopback even when the app uses it from inside the pod: it is what other pods use too.
+pub fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
 fn percent_decode(s: &str) -> Option<String> {
     percent_encoding::percent_decode_str(s)
         .decode_utf8()
         .ok()
         .map(|c| c.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_peers() {
+        for ip in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "::ffff:127.0.0.1",
+            "::ffff:127.9.9.9",
+        ] {
+            assert!(is_loopback(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "10.0.0.7",
+            "192.0.2.2",
+            "0.0.0.0",
+            "::",
+            "::ffff:10.0.0.7",
+            "fd00::2",
+            "fe80::1",
+            // IPv4-compatible (deprecated), not mapped: not loopback.
+            "::127.0.0.1",
+        ] {
+            assert!(!is_loopback(ip.parse().unwrap()), "{ip}");
+        }
+    }
 }

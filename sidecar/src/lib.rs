@@ -132,6 +132,7 @@ pub async fn run(
         health: health.clone(),
         registry,
         broker,
+        publish_allow_remote: config.publish_allow_remote,
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin, admin_stop.clone()));
 

@@ -180,31 +180,41 @@ impl SidecarProcess {
 
     /// Spawns the binary on the given addresses (e.g. to restart it where it was).
     pub async fn spawn_on(public: SocketAddr, admin: SocketAddr, args: &[&str]) -> Self {
-        Self::spawn_inner(public, admin, args, false).await
+        Self::spawn_inner(public, admin, args, &[], false).await
     }
 
     /// Like [`SidecarProcess::spawn`], with stderr piped (so not a terminal) and kept for
-    /// [`SidecarProcess::stderr`]. `args` may override `--admin-listen` (the last one wins).
-    pub async fn spawn_captured(args: &[&str]) -> Self {
-        Self::spawn_inner(loopback(free_port()), loopback(free_port()), args, true).await
+    /// [`SidecarProcess::stderr`], and `env` set. `args` may name its own `--admin-listen`.
+    pub async fn spawn_captured(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_inner(
+            loopback(free_port()),
+            loopback(free_port()),
+            args,
+            env,
+            true,
+        )
+        .await
     }
 
     async fn spawn_inner(
         public: SocketAddr,
         admin: SocketAddr,
         args: &[&str],
+        env: &[(&str, &str)],
         capture: bool,
     ) -> Self {
+        let given_admin = admin_override(args);
+        let mut own = vec!["--listen".to_owned(), public.to_string()];
+        if given_admin.is_none() {
+            own.extend(["--admin-listen".to_owned(), admin.to_string()]);
+        }
+        let admin = given_admin.unwrap_or(admin);
         let mut child = tokio::process::Command::new(binary())
             .kill_on_drop(true)
-            .args([
-                "--listen",
-                &public.to_string(),
-                "--admin-listen",
-                &admin.to_string(),
-            ])
+            .args(own)
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(if capture {
                 Stdio::piped()
@@ -225,7 +235,6 @@ impl SidecarProcess {
             });
             buf
         });
-        let admin = admin_override(args).unwrap_or(admin);
         let p = Self {
             public,
             admin,
@@ -282,9 +291,9 @@ impl Drop for SidecarProcess {
     }
 }
 
-/// The last `--admin-listen` in `args`, if any.
+/// The `--admin-listen` in `args`, if any.
 fn admin_override(args: &[&str]) -> Option<SocketAddr> {
-    let at = args.iter().rposition(|a| *a == "--admin-listen")?;
+    let at = args.iter().position(|a| *a == "--admin-listen")?;
     args.get(at + 1)?.parse().ok()
 }
 

@@ -138,7 +138,7 @@ async fn sigterm_closes_clients_with_1001_drains_requests_and_exits_0() {
 
 #[tokio::test]
 async fn text_logs_have_no_colour_escapes_when_stderr_is_not_a_terminal() {
-    let sc = SidecarProcess::spawn_captured(&["--auth", "none", "--broker", "memory"]).await;
+    let sc = SidecarProcess::spawn_captured(&["--auth", "none", "--broker", "memory"], &[]).await;
     // The start-up warning about --auth none and the listening line are both info or above.
     let logs = taskstream_tests::eventually("the listening line on stderr", || async {
         let logs = sc.stderr();

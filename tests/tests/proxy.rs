@@ -259,14 +259,17 @@ async fn proxied_metric(admin: SocketAddr, class: &str) -> f64 {
 #[tokio::test]
 async fn a_broken_client_body_is_a_400_and_not_blamed_on_the_app() {
     let app = App::start().await;
-    let sc = SidecarProcess::spawn_captured(&[
-        "--auth",
-        "none",
-        "--broker",
-        "memory",
-        "--upstream",
-        &app.url(),
-    ])
+    let sc = SidecarProcess::spawn_captured(
+        &[
+            "--auth",
+            "none",
+            "--broker",
+            "memory",
+            "--upstream",
+            &app.url(),
+        ],
+        &[],
+    )
     .await;
     // A chunk size that is not hex.
     let bad_chunk =
