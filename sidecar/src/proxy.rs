@@ -276,10 +276,10 @@ pub fn add_forwarded(out: &mut HeaderMap, incoming: &HeaderMap, peer: SocketAddr
     ] {
         out.remove(name);
         let mut given = incoming.get_all(name).iter().peekable();
-        if given.peek().is_none() {
-            if let Some(v) = fallback {
-                out.insert(name.clone(), v);
-            }
+        if given.peek().is_none()
+            && let Some(v) = fallback
+        {
+            out.insert(name.clone(), v);
         }
         for v in given {
             out.append(name.clone(), v.clone());
