@@ -64,6 +64,15 @@ pub struct Args {
     #[arg(long, env = "TASKSTREAM_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     pub admin_listen: SocketAddr,
 
+    /// Accept `POST /publish/<group>` on the admin port from any peer, not only loopback (the
+    /// app in the same pod). Probes and /metrics are reachable from anywhere either way.
+    #[arg(
+        long,
+        env = "TASKSTREAM_PUBLISH_ALLOW_REMOTE",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub publish_allow_remote: bool,
+
     /// The app every non-WebSocket request is proxied to.
     #[arg(
         long,
@@ -211,6 +220,7 @@ impl std::fmt::Debug for JwtKey {
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    pub publish_allow_remote: bool,
     pub upstream: Uri,
     pub ws_path: String,
     pub broker: BrokerConfig,
@@ -442,6 +452,7 @@ impl Args {
         Ok(Config {
             listen: self.listen,
             admin_listen: self.admin_listen,
+            publish_allow_remote: self.publish_allow_remote,
             upstream,
             ws_path: self.ws_path,
             broker,

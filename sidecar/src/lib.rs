@@ -136,6 +136,7 @@ pub async fn run(
         registry,
         broker: broker.clone(),
         max_event_bytes: config.max_event_bytes,
+        publish_allow_remote: config.publish_allow_remote,
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin, admin_stop.clone()));
 

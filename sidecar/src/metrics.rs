@@ -169,7 +169,7 @@ impl Metrics {
         );
         r.register(
             "proxied_requests",
-            "Requests proxied to the app, by status class (1xx..5xx, error)",
+            "Requests proxied to the app, by status class (1xx..5xx; error: the app did not answer; client_error: the client's request body broke)",
             self.proxied_requests.clone(),
         );
         r.register(
@@ -224,6 +224,15 @@ impl Metrics {
         };
         self.proxied_requests
             .get_or_create(&ClassLabel { class })
+            .inc();
+    }
+
+    /// A request that never reached the app whole because the client's body broke.
+    pub fn proxied_client_error(&self) {
+        self.proxied_requests
+            .get_or_create(&ClassLabel {
+                class: "client_error",
+            })
             .inc();
     }
 }

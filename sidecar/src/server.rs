@@ -110,10 +110,29 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 async fn route(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    if is_ws_path(req.uri().path(), &shared.config.ws_path) {
+    let ws = is_ws_path(req.uri().path(), &shared.config.ws_path);
+    if let Some(why) = host_problem(&req) {
+        if ws {
+            shared.metrics.rejected(RejectReason::BadRequest);
+        }
+        debug!(%peer, why, "refused a request with a bad Host");
+        return text(StatusCode::BAD_REQUEST, format!("400 bad request: {why}\n"));
+    }
+    if ws {
         handshake(shared, req, peer).await
     } else {
         shared.upstream.proxy(req, peer).await
+    }
+}
+
+/// RFC 9112 section 3.2: an HTTP/1.1 request without `Host`, or any request with more than
+/// one, gets 400 (neither the app nor the origin check should guess which host was meant).
+/// HTTP/1.0 predates `Host` and may omit it.
+fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
+    match req.headers().get_all(header::HOST).iter().count() {
+        0 if req.version() >= http::Version::HTTP_11 => Some("HTTP/1.1 requires a Host header"),
+        0 | 1 => None,
+        _ => Some("more than one Host header"),
     }
 }
 
@@ -207,7 +226,7 @@ async fn handshake(
             );
         }
     };
-    let identity = match shared.auth.authenticate(&req).await {
+    let identity = match shared.auth.authenticate(&req, peer).await {
         Ok(id) => id,
         Err(Rejection {
             status,
@@ -373,6 +392,23 @@ mod tests {
             h.insert(*k, HeaderValue::from_static(v));
         }
         h
+    }
+
+    #[test]
+    fn host_is_required_on_http_1_1_and_unique_everywhere() {
+        let req = |version, hosts: &[&'static str]| {
+            let mut r = Request::builder().version(version).uri("/x");
+            for h in hosts {
+                r = r.header(header::HOST, *h);
+            }
+            r.body(()).unwrap()
+        };
+        use http::Version;
+        assert!(host_problem(&req(Version::HTTP_11, &[])).is_some());
+        assert!(host_problem(&req(Version::HTTP_11, &["a"])).is_none());
+        assert!(host_problem(&req(Version::HTTP_11, &["a", "b"])).is_some());
+        assert!(host_problem(&req(Version::HTTP_10, &[])).is_none());
+        assert!(host_problem(&req(Version::HTTP_10, &["a", "a"])).is_some());
     }
 
     #[test]
