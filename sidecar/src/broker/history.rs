@@ -57,6 +57,9 @@ pub enum ResetReason {
     HistoryOff,
     /// The history could not be read (Redis unreachable).
     Unavailable,
+    /// The sidecar's Redis subscription was lost and re-made, and this connection had no event
+    /// id in the group to catch up from.
+    Reconnected,
 }
 
 impl ResetReason {
@@ -69,6 +72,7 @@ impl ResetReason {
             ResetReason::TooFar => "too_far",
             ResetReason::HistoryOff => "history_off",
             ResetReason::Unavailable => "unavailable",
+            ResetReason::Reconnected => "reconnected",
         }
     }
 }
