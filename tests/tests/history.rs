@@ -495,3 +495,29 @@ async fn read_all_after(mut ws: Client, n: u64) -> Vec<u64> {
     }
     got
 }
+
+#[tokio::test]
+async fn admin_publish_through_redis_stores_history_and_answers_the_id() {
+    let redis = RedisServer::start().await;
+    let sc = sidecar(&redis, "10", "10m").await;
+    let mut ws = v1(&sc.ws_url("groups=a")).await;
+    let (status, answer) =
+        http_post(&format!("http://{}/publish/a", sc.admin), "{\"step\":1}").await;
+    assert_eq!(status, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    let id = answer["id"].as_str().expect("id in the answer").to_owned();
+    let v = recv_json(&mut ws).await;
+    assert_eq!(
+        (v["id"].as_str(), v["data"]["step"].as_u64()),
+        (Some(id.as_str()), Some(1))
+    );
+    // And it is in the group's stream, for any replica to serve.
+    let mut conn = redis.conn().await.unwrap();
+    let len: usize = redis::cmd("XLEN")
+        .arg("taskstream:a")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 1);
+    sc.stop().await;
+}
