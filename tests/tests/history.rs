@@ -421,7 +421,7 @@ async fn memory_broker_keeps_history_and_admin_publish_answers_the_id() {
 async fn a_lost_redis_subscription_is_caught_up_from_history_not_lost() {
     let redis = RedisServer::start().await;
     let sc = sidecar(&redis, "10000", "10m").await;
-    let mut a = v1(&sc.ws_url("groups=g&last_id=g:0")).await;
+    let a = v1(&sc.ws_url("groups=g&last_id=g:0")).await;
     let mut b = v1(&sc.ws_url("groups=g")).await;
     let mut quiet = v1(&sc.ws_url("groups=quiet")).await;
 

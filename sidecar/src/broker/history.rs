@@ -206,7 +206,7 @@ impl MemoryHistory {
         let now = Instant::now();
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.publishes += 1;
-        if st.publishes % 1024 == 0 {
+        if st.publishes.is_multiple_of(1024) {
             st.groups.retain(|_, r| r.expires > now);
         }
         let id = st.last_issued.next_after(unix_ms());
