@@ -27,7 +27,7 @@ use id::StreamId;
 
 /// History reads in flight at once per sidecar: a reconnect storm queues here instead of
 /// flooding Redis, and other clients' live events never wait for it.
-const MAX_CONCURRENT_READS: usize = 64;
+const MAX_CONCURRENT_READS: usize = 16;
 
 /// Where events are published and history is read.
 pub struct Broker {
