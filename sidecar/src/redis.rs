@@ -20,20 +20,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, PubSubSink};
-use tokio::sync::{Notify, OnceCell};
+use redis::aio::PubSubSink;
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
+use crate::broker::commands::{CommandConn, Commands};
+use crate::broker::endpoint::Endpoint;
+use crate::broker::tls;
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::metrics::{DropReason, Metrics};
 
 /// A PING this often finds a peer that vanished without closing the socket.
 const PING_EVERY: Duration = Duration::from_secs(5);
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Maps groups to Redis channels and payloads to text frames.
 pub trait Wire: Send + Sync + 'static {
@@ -82,49 +85,40 @@ impl Wire for Plain {
 
 /// Handle of the Redis broker.
 pub struct RedisBroker {
-    client: redis::Client,
+    endpoint: Endpoint,
     wire: Arc<dyn Wire>,
     /// Wakes the subscription loop instead of [`Hub::changed`] when several loops share a hub.
     wake: Option<Arc<Notify>>,
     /// Where logs may name the server: host and port, never the password.
     display: String,
-    publisher: OnceCell<ConnectionManager>,
+    publisher: CommandConn,
 }
 
 impl RedisBroker {
-    pub fn new(url: &str, prefix: String) -> redis::RedisResult<Self> {
-        Self::with_wire(url, Arc::new(Plain { prefix }), None)
+    pub fn new(endpoint: Endpoint, prefix: String) -> Self {
+        Self::with_wire(endpoint, Arc::new(Plain { prefix }), None)
     }
 
     /// A broker speaking `wire`; `wake`, when given, replaces [`Hub::changed`] as its wake-up.
-    pub fn with_wire(
-        url: &str,
-        wire: Arc<dyn Wire>,
-        wake: Option<Arc<Notify>>,
-    ) -> redis::RedisResult<Self> {
-        let client = redis::Client::open(url)?;
-        let display = redacted(url);
-        Ok(Self {
-            client,
+    pub fn with_wire(endpoint: Endpoint, wire: Arc<dyn Wire>, wake: Option<Arc<Notify>>) -> Self {
+        Self {
+            display: endpoint.display().to_owned(),
+            endpoint,
             wire,
             wake,
-            display,
-            publisher: OnceCell::new(),
-        })
+            publisher: CommandConn::default(),
+        }
+    }
+
+    /// A connection for ordinary commands (EVALSHA, XRANGE, ...) on the server that owns the
+    /// data now: the one server, the current Sentinel master, or the slot's Cluster node.
+    pub async fn commands(&self) -> redis::RedisResult<Commands> {
+        self.publisher.get(&self.endpoint).await
     }
 
     /// `PUBLISH <prefix><group> <payload>`; returns how many subscribers Redis reached.
     pub async fn publish(&self, group: &str, payload: &[u8]) -> redis::RedisResult<usize> {
-        let conn = self
-            .publisher
-            .get_or_try_init(|| async {
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(COMMAND_TIMEOUT))
-                    .set_response_timeout(Some(COMMAND_TIMEOUT));
-                ConnectionManager::new_with_config(self.client.clone(), config).await
-            })
-            .await?;
-        let mut conn = conn.clone();
+        let mut conn = self.commands().await?;
         redis::cmd("PUBLISH")
             .arg(self.wire.channel(group))
             .arg(payload)
@@ -145,12 +139,19 @@ impl RedisBroker {
         loop {
             let attempt = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = tokio::time::timeout(COMMAND_TIMEOUT, self.client.get_async_pubsub()) => r,
+                r = tokio::time::timeout(COMMAND_TIMEOUT, self.connect()) => r,
             };
             let pubsub = match attempt {
                 Ok(Ok(p)) => p,
                 Ok(Err(e)) => {
-                    warn!(redis = %self.display, error = %e, retry_in = ?backoff.current(), "redis connect failed; clients stay connected, retrying");
+                    match tls::hint(&e) {
+                        Some(hint) => {
+                            warn!(redis = %self.display, error = %e, retry_in = ?backoff.current(), "redis connect failed: {hint}; clients stay connected, retrying")
+                        }
+                        None => {
+                            warn!(redis = %self.display, error = %e, retry_in = ?backoff.current(), "redis connect failed; clients stay connected, retrying")
+                        }
+                    }
                     if !backoff.wait(&shutdown).await {
                         return;
                     }
@@ -191,6 +192,13 @@ impl RedisBroker {
                 }
             }
         }
+    }
+}
+
+impl RedisBroker {
+    /// A pub/sub connection to the server to subscribe on now.
+    async fn connect(&self) -> redis::RedisResult<redis::aio::PubSub> {
+        self.endpoint.client().await?.get_async_pubsub().await
     }
 }
 

@@ -1,20 +1,36 @@
-//! A real `redis-server` on a free port, killed on drop.
+//! A real `redis-server` on a free port, killed on drop. Extra flags make it a TLS server, a
+//! replica or a cluster node; [`Sentinel`] runs `redis-server --sentinel`.
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::{WAIT, free_port};
 
 pub struct RedisServer {
+    /// The plain-TCP port (the harness always keeps one, to PING and publish).
     pub port: u16,
+    /// Flags added to every start (TLS files, `--replicaof`, `--cluster-enabled`, ...).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl RedisServer {
     /// Starts `redis-server` (installed by scripts/install-test-deps.sh) and waits for PING.
     pub async fn start() -> Self {
+        Self::start_with(Vec::new()).await
+    }
+
+    /// Starts `redis-server` with `extra` flags on a fresh free port and waits for PING.
+    pub async fn start_with(extra: Vec<String>) -> Self {
+        Self::start_on(free_port(), extra).await
+    }
+
+    /// Starts `redis-server` on `port` with `extra` flags and waits for PING.
+    pub async fn start_on(port: u16, extra: Vec<String>) -> Self {
         let mut s = Self {
-            port: free_port(),
+            port,
+            extra,
             child: None,
         };
         s.spawn().await;
@@ -39,6 +55,7 @@ impl RedisServer {
                 "--protected-mode",
                 "no",
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -93,6 +110,22 @@ impl RedisServer {
         v
     }
 
+    /// `SPUBLISH channel payload` on this node (a cluster node owning the channel's slot).
+    pub async fn spublish(&self, channel: &str, payload: impl AsRef<[u8]>) -> usize {
+        let mut c = self.conn().await.expect("connect to redis");
+        redis::cmd("SPUBLISH")
+            .arg(channel)
+            .arg(payload.as_ref())
+            .query_async(&mut c)
+            .await
+            .expect("SPUBLISH")
+    }
+
+    /// Whether the process is still running (not killed).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Kills the server (SIGKILL) and waits for it to be gone.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -111,5 +144,37 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A scratch directory under the system temp dir, removed on drop (config files, nodes.conf).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "taskstream-{label}-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Writes `name` in the directory and returns its path as a string (for flags).
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> String {
+        let p = self.0.join(name);
+        std::fs::write(&p, contents).expect("write temp file");
+        p.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -1,13 +1,15 @@
 //! The sidecar under test: in-process from the library (port 0, no races), or the real binary
 //! (for signals and exit codes).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use clap::Parser;
 use taskstream_sidecar::config::Args;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::oneshot;
 
 use crate::upstream::http_get;
@@ -167,6 +169,8 @@ pub struct SidecarProcess {
     pub public: SocketAddr,
     pub admin: SocketAddr,
     child: Option<tokio::process::Child>,
+    /// Its most recent stderr lines (also echoed to the test's stderr), for [`Self::wait_log`].
+    logs: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl SidecarProcess {
@@ -188,19 +192,51 @@ impl SidecarProcess {
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn taskstream-sidecar");
+        let mut child = child;
+        let logs = Arc::new(Mutex::new(VecDeque::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let logs = logs.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("{line}");
+                    let mut logs = logs.lock().expect("logs lock");
+                    if logs.len() == 1000 {
+                        logs.pop_front();
+                    }
+                    logs.push_back(line);
+                }
+            });
+        }
         let p = Self {
             public,
             admin,
             child: Some(child),
+            logs,
         };
         crate::eventually("sidecar /healthz", || async move {
             (http_get(&format!("http://{admin}/healthz")).await.0 == 200).then_some(())
         })
         .await;
         p
+    }
+
+    /// Waits (bounded) for a stderr line containing `needle` and returns it.
+    pub async fn wait_log(&self, needle: &str) -> String {
+        let logs = self.logs.clone();
+        crate::eventually(&format!("sidecar log line with {needle:?}"), || {
+            let found = logs
+                .lock()
+                .expect("logs lock")
+                .iter()
+                .find(|l| l.contains(needle))
+                .cloned();
+            async move { found }
+        })
+        .await
     }
 
     /// Sends SIGTERM.

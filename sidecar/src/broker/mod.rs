@@ -1,5 +1,16 @@
 //! The event source behind the hub: Redis pub/sub in production, in-memory in local mode.
 //! Everything above it (groups, auth, fan-out, limits) is the same code for both.
+//!
+//! How the sidecar reaches a production Redis lives in one file per concern:
+//! - [`options`]: the TLS / Sentinel / Cluster flags and their validation.
+//! - [`tls`]: CA bundle, client certificate, insecure mode (rustls through redis-rs).
+//! - [`endpoint`]: one server, the Sentinel master, or a Cluster, as the source connects to it.
+//! - [`commands`]: a connection for ordinary commands that follows the deployment.
+
+pub mod commands;
+pub mod endpoint;
+pub mod options;
+pub mod tls;
 
 use std::sync::Arc;
 
