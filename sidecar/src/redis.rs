@@ -28,7 +28,8 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::broker::commands::{CommandConn, Commands};
-use crate::broker::endpoint::Endpoint;
+use crate::broker::endpoint::{Endpoint, Moves, addr_of};
+use crate::broker::sentinel::Addr;
 use crate::broker::tls;
 use crate::health::Health;
 use crate::hub::Hub;
@@ -118,12 +119,17 @@ impl RedisBroker {
 
     /// `PUBLISH <prefix><group> <payload>`; returns how many subscribers Redis reached.
     pub async fn publish(&self, group: &str, payload: &[u8]) -> redis::RedisResult<usize> {
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(self.wire.channel(group)).arg(payload);
         let mut conn = self.commands().await?;
-        redis::cmd("PUBLISH")
-            .arg(self.wire.channel(group))
-            .arg(payload)
-            .query_async(&mut conn)
-            .await
+        match cmd.query_async(&mut conn).await {
+            // Once more on a fresh connection: the master may have moved (Sentinel failover).
+            Err(e) if self.publisher.failed(&e).await => {
+                let mut conn = self.commands().await?;
+                cmd.query_async(&mut conn).await
+            }
+            r => r,
+        }
     }
 
     /// Runs the subscription loop until `shutdown`.
@@ -136,13 +142,21 @@ impl RedisBroker {
     ) {
         let mut backoff = Backoff::default();
         let mut connected_once = false;
+        self.endpoint.spawn_watch(shutdown.clone());
+        let mut moves = self.endpoint.moves();
         loop {
             let attempt = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = tokio::time::timeout(COMMAND_TIMEOUT, self.connect()) => r,
             };
             let pubsub = match attempt {
-                Ok(Ok(p)) => p,
+                Ok(Ok((p, at))) => {
+                    if !moves.seen(at.as_ref()) {
+                        info!(redis = %self.display, "the master moved while connecting; reconnecting");
+                        continue;
+                    }
+                    p
+                }
                 Ok(Err(e)) => {
                     match tls::hint(&e) {
                         Some(hint) => {
@@ -152,14 +166,14 @@ impl RedisBroker {
                             warn!(redis = %self.display, error = %e, retry_in = ?backoff.current(), "redis connect failed; clients stay connected, retrying")
                         }
                     }
-                    if !backoff.wait(&shutdown).await {
+                    if !pause(&mut backoff, &mut moves, &shutdown).await {
                         return;
                     }
                     continue;
                 }
                 Err(_) => {
                     warn!(redis = %self.display, retry_in = ?backoff.current(), "redis connect timed out; retrying");
-                    if !backoff.wait(&shutdown).await {
+                    if !pause(&mut backoff, &mut moves, &shutdown).await {
                         return;
                     }
                     continue;
@@ -176,7 +190,9 @@ impl RedisBroker {
                 sink,
                 subscribed: BTreeSet::new(),
             };
-            let ended = session.serve(stream, &health, &metrics, &shutdown).await;
+            let ended = session
+                .serve(stream, &health, &metrics, &shutdown, &mut moves)
+                .await;
             health.set_broker_up(false);
             metrics.broker_up.set(0);
             // Only this connection's groups: with sharding, other connections keep theirs.
@@ -186,7 +202,7 @@ impl RedisBroker {
                 Ended::Lost(why) => {
                     warn!(redis = %self.display, error = %why, "redis connection lost; clients stay connected, reconnecting and resubscribing");
                     backoff.reset();
-                    if !backoff.wait(&shutdown).await {
+                    if !pause(&mut backoff, &mut moves, &shutdown).await {
                         return;
                     }
                 }
@@ -196,9 +212,19 @@ impl RedisBroker {
 }
 
 impl RedisBroker {
-    /// A pub/sub connection to the server to subscribe on now.
-    async fn connect(&self) -> redis::RedisResult<redis::aio::PubSub> {
-        self.endpoint.client().await?.get_async_pubsub().await
+    /// A pub/sub connection to the server to subscribe on now, and where it goes.
+    async fn connect(&self) -> redis::RedisResult<(redis::aio::PubSub, Option<Addr>)> {
+        let client = self.endpoint.client().await?;
+        let at = addr_of(&client);
+        Ok((client.get_async_pubsub().await?, at))
+    }
+}
+
+/// The backoff delay, cut short when the master moves (a failover finished: connect now).
+async fn pause(backoff: &mut Backoff, moves: &mut Moves, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        go_on = backoff.wait(shutdown) => go_on,
+        _ = moves.changed() => true,
     }
 }
 
@@ -221,6 +247,7 @@ impl Session<'_> {
         health: &Health,
         metrics: &Metrics,
         shutdown: &CancellationToken,
+        moves: &mut Moves,
     ) -> Ended {
         if let Err(e) = self.reconcile().await {
             return Ended::Lost(e);
@@ -234,6 +261,7 @@ impl Session<'_> {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ended::Shutdown,
+                _ = moves.changed() => return Ended::Lost("the sentinels named a new master".into()),
                 _ = self.changed() => {
                     if let Err(e) = self.reconcile().await {
                         return Ended::Lost(e);

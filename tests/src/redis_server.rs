@@ -178,3 +178,91 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A real `redis-server --sentinel` monitoring one master set, killed on drop.
+pub struct Sentinel {
+    pub port: u16,
+    child: Option<Child>,
+    _dir: TempDir,
+}
+
+impl Sentinel {
+    /// Starts a sentinel watching `master` at 127.0.0.1:`master_port` with `quorum`, quick to
+    /// act (down after 1 s, failover timeout 5 s), and waits for PING.
+    pub async fn start(master: &str, master_port: u16, quorum: u32) -> Self {
+        let port = free_port();
+        let dir = TempDir::new("sentinel");
+        let conf = dir.write(
+            "sentinel.conf",
+            format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\ndir {dir}\n\
+                 sentinel monitor {master} 127.0.0.1 {master_port} {quorum}\n\
+                 sentinel down-after-milliseconds {master} 1000\n\
+                 sentinel failover-timeout {master} 5000\n\
+                 sentinel parallel-syncs {master} 1\n",
+                dir = dir.path().display()
+            ),
+        );
+        let child = Command::new("redis-server")
+            .args([conf.as_str(), "--sentinel"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn redis-server --sentinel");
+        let s = Self {
+            port,
+            child: Some(child),
+            _dir: dir,
+        };
+        crate::eventually("sentinel answers PING", || async {
+            let mut c = s.conn().await.ok()?;
+            redis::cmd("PING").query_async::<String>(&mut c).await.ok()
+        })
+        .await;
+        s
+    }
+
+    pub async fn conn(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        redis::Client::open(format!("redis://127.0.0.1:{}", self.port))?
+            .get_multiplexed_async_connection()
+            .await
+    }
+
+    /// `SENTINEL <sub> <master>` as a list of field maps (replicas, sentinels).
+    pub async fn list(
+        &self,
+        sub: &str,
+        master: &str,
+    ) -> Vec<std::collections::HashMap<String, String>> {
+        let Ok(mut c) = self.conn().await else {
+            return Vec::new();
+        };
+        redis::cmd("SENTINEL")
+            .arg(sub)
+            .arg(master)
+            .query_async(&mut c)
+            .await
+            .unwrap_or_default()
+    }
+
+    /// The port of the master this sentinel names now.
+    pub async fn master_port(&self, master: &str) -> Option<u16> {
+        let mut c = self.conn().await.ok()?;
+        let addr: Option<(String, String)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(master)
+            .query_async(&mut c)
+            .await
+            .ok()?;
+        addr?.1.parse().ok()
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

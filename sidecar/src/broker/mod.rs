@@ -5,11 +5,13 @@
 //! - [`options`]: the TLS / Sentinel / Cluster flags and their validation.
 //! - [`tls`]: CA bundle, client certificate, insecure mode (rustls through redis-rs).
 //! - [`endpoint`]: one server, the Sentinel master, or a Cluster, as the source connects to it.
+//! - [`sentinel`]: asking the sentinels for the master, and the `+switch-master` watcher.
 //! - [`commands`]: a connection for ordinary commands that follows the deployment.
 
 pub mod commands;
 pub mod endpoint;
 pub mod options;
+pub mod sentinel;
 pub mod tls;
 
 use std::sync::Arc;

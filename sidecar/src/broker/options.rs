@@ -233,6 +233,77 @@ fn parse_host_port(s: &str) -> Result<(String, u16), ConfigError> {
 mod tests {
     use super::*;
 
+    fn args(flags: &[&str]) -> RedisArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            redis: RedisArgs,
+        }
+        let mut argv = vec!["x"];
+        argv.extend_from_slice(flags);
+        <Cli as clap::Parser>::try_parse_from(argv)
+            .expect("flags parse")
+            .redis
+    }
+
+    fn flag_of(flags: &[&str], url: &str, protocol: RedisProtocol) -> &'static str {
+        args(flags).validate(url, protocol).unwrap_err().flag
+    }
+
+    #[test]
+    fn deployment_flags_are_checked_together() {
+        let url = "redis://:pw@ignored:6379/2";
+        let sentinel = ["--redis-sentinels", "s-0:26379,s-1"];
+        let ok = args(&[&sentinel[..], &["--redis-sentinel-master", "mymaster"]].concat())
+            .validate(url, RedisProtocol::Pubsub)
+            .unwrap();
+        match ok.topology {
+            Topology::Sentinel {
+                sentinels, master, ..
+            } => {
+                assert_eq!(sentinels, [("s-0".into(), 26379), ("s-1".into(), 26379)]);
+                assert_eq!(master, "mymaster");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            flag_of(&sentinel, url, RedisProtocol::Pubsub),
+            "--redis-sentinel-master"
+        );
+        assert_eq!(
+            flag_of(
+                &["--redis-sentinel-master", "m"],
+                url,
+                RedisProtocol::Pubsub
+            ),
+            "--redis-sentinel-master"
+        );
+        assert_eq!(
+            flag_of(
+                &[
+                    &sentinel[..],
+                    &["--redis-sentinel-master", "m", "--redis-cluster"]
+                ]
+                .concat(),
+                url,
+                RedisProtocol::Pubsub
+            ),
+            "--redis-cluster"
+        );
+        assert_eq!(
+            flag_of(&["--redis-cluster"], url, RedisProtocol::Channels),
+            "--redis-cluster"
+        );
+        assert_eq!(
+            flag_of(&[], "redis://a:1,redis://b:2", RedisProtocol::Pubsub),
+            "--redis-url"
+        );
+        let cluster = args(&["--redis-cluster"])
+            .validate("redis://a:1, redis://b:2", RedisProtocol::Pubsub)
+            .unwrap();
+        assert!(matches!(cluster.topology, Topology::Cluster { ref seeds } if seeds.len() == 2));
+    }
+
     #[test]
     fn sentinel_addresses() {
         assert_eq!(
