@@ -36,7 +36,7 @@ use crate::hub::Hub;
 use crate::metrics::{DropReason, Metrics};
 
 /// A PING this often finds a peer that vanished without closing the socket.
-const PING_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const PING_EVERY: Duration = Duration::from_secs(5);
 pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Maps groups to Redis channels and payloads to text frames.
@@ -87,11 +87,11 @@ impl Wire for Plain {
 /// Handle of the Redis broker.
 pub struct RedisBroker {
     endpoint: Endpoint,
-    wire: Arc<dyn Wire>,
+    pub(crate) wire: Arc<dyn Wire>,
     /// Wakes the subscription loop instead of [`Hub::changed`] when several loops share a hub.
-    wake: Option<Arc<Notify>>,
+    pub(crate) wake: Option<Arc<Notify>>,
     /// Where logs may name the server: host and port, never the password.
-    display: String,
+    pub(crate) display: String,
     publisher: CommandConn,
 }
 
@@ -117,9 +117,14 @@ impl RedisBroker {
         self.publisher.get(&self.endpoint).await
     }
 
-    /// `PUBLISH <prefix><group> <payload>`; returns how many subscribers Redis reached.
+    /// `PUBLISH <prefix><group> <payload>` (`SPUBLISH` on a Cluster: it stays in the shard
+    /// owning the channel); returns how many subscribers Redis reached.
     pub async fn publish(&self, group: &str, payload: &[u8]) -> redis::RedisResult<usize> {
-        let mut cmd = redis::cmd("PUBLISH");
+        let mut cmd = redis::cmd(if self.endpoint.cluster().is_some() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        });
         cmd.arg(self.wire.channel(group)).arg(payload);
         let mut conn = self.commands().await?;
         match cmd.query_async(&mut conn).await {
@@ -140,6 +145,11 @@ impl RedisBroker {
         metrics: Metrics,
         shutdown: CancellationToken,
     ) {
+        if let Some(cluster) = self.endpoint.cluster() {
+            let cluster = cluster.clone();
+            return crate::broker::cluster::run(self, &cluster, hub, health, metrics, shutdown)
+                .await;
+        }
         let mut backoff = Backoff::default();
         let mut connected_once = false;
         self.endpoint.spawn_watch(shutdown.clone());

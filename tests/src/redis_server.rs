@@ -266,3 +266,156 @@ impl Drop for Sentinel {
         }
     }
 }
+
+/// A Redis Cluster of `redis-server --cluster-enabled yes` masters (no replicas), created with
+/// `redis-cli --cluster create`; every node is killed on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+    _dir: TempDir,
+}
+
+impl RedisCluster {
+    /// Starts `n` masters on free ports, joins them into a cluster covering every slot, and
+    /// waits until each node reports `cluster_state:ok`.
+    pub async fn start(n: usize) -> Self {
+        let dir = TempDir::new("cluster");
+        let starts = (0..n).map(|_| {
+            let port = free_port();
+            let conf = dir.path().join(format!("nodes-{port}.conf"));
+            RedisServer::start_on(
+                port,
+                vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    conf.to_string_lossy().into_owned(),
+                    "--cluster-node-timeout".into(),
+                    "2000".into(),
+                ],
+            )
+        });
+        let nodes = futures_util::future::join_all(starts).await;
+        let mut create = tokio::process::Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let status = tokio::time::timeout(
+            WAIT,
+            create
+                .arg("--cluster-yes")
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .status(),
+        )
+        .await
+        .expect("redis-cli --cluster create within the wait")
+        .expect("run redis-cli (package redis-tools)");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let c = Self { nodes, _dir: dir };
+        for node in &c.nodes {
+            crate::eventually("cluster_state:ok on every node", || async {
+                let mut conn = node.conn().await.ok()?;
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut conn)
+                    .await
+                    .ok()?;
+                (info.contains("cluster_state:ok")
+                    && info.contains(&format!("cluster_known_nodes:{}", c.nodes.len())))
+                .then_some(())
+            })
+            .await;
+        }
+        c
+    }
+
+    /// Seed URLs for `--redis-url` (two of the nodes, comma-separated).
+    pub fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .take(2)
+            .map(|n| n.url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, node: usize, args: &[&str]) -> T {
+        let mut conn = self.nodes[node].conn().await.expect("connect to node");
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{args:?} on node {node}: {e}"))
+    }
+
+    /// `CLUSTER KEYSLOT key`.
+    pub async fn slot_of(&self, key: &str) -> u16 {
+        self.query(0, &["CLUSTER", "KEYSLOT", key]).await
+    }
+
+    pub async fn node_id(&self, node: usize) -> String {
+        self.query(node, &["CLUSTER", "MYID"]).await
+    }
+
+    /// Index of the node owning `slot`, as node `ask` sees the slot map.
+    pub async fn owner_as_seen_by(&self, ask: usize, slot: u16) -> usize {
+        let nodes: String = self.query(ask, &["CLUSTER", "NODES"]).await;
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let Some(addr) = fields.get(1) else { continue };
+            let owns = fields.iter().skip(8).any(|r| match r.split_once('-') {
+                Some((a, b)) => {
+                    a.parse::<u16>().is_ok_and(|a| a <= slot)
+                        && b.parse::<u16>().is_ok_and(|b| slot <= b)
+                }
+                None => r.parse::<u16>() == Ok(slot),
+            });
+            if owns {
+                let port: u16 = addr
+                    .split(['@', ':'])
+                    .nth(1)
+                    .and_then(|p| p.parse().ok())
+                    .expect("port in CLUSTER NODES");
+                return self
+                    .nodes
+                    .iter()
+                    .position(|n| n.port == port)
+                    .expect("owner is one of ours");
+            }
+        }
+        panic!("no node owns slot {slot}");
+    }
+
+    /// Index of the node owning `slot`.
+    pub async fn owner(&self, slot: u16) -> usize {
+        self.owner_as_seen_by(0, slot).await
+    }
+
+    /// Migrates the (key-less) `slot` from node `from` to node `to`, by hand as
+    /// `redis-cli --cluster reshard` does: IMPORTING, MIGRATING, then NODE everywhere.
+    pub async fn move_slot(&self, slot: u16, from: usize, to: usize) {
+        let s = slot.to_string();
+        let from_id = self.node_id(from).await;
+        let to_id = self.node_id(to).await;
+        let _: () = self
+            .query(to, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &from_id])
+            .await;
+        let _: () = self
+            .query(from, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id])
+            .await;
+        let _: () = self
+            .query(to, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id])
+            .await;
+        let _: () = self
+            .query(from, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id])
+            .await;
+        for other in (0..self.nodes.len()).filter(|&i| i != from && i != to) {
+            let _: () = self
+                .query(other, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id])
+                .await;
+        }
+    }
+}

@@ -10,6 +10,7 @@
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
+use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use tokio::sync::Mutex;
 
@@ -24,6 +25,8 @@ pub enum Commands {
     Single(ConnectionManager),
     /// The Sentinel master it was opened to; replaced when the master moves.
     Master(MultiplexedConnection),
+    /// A Redis Cluster: each command goes to the node owning its key's (or channel's) slot.
+    Cluster(ClusterConnection),
 }
 
 impl ConnectionLike for Commands {
@@ -31,6 +34,7 @@ impl ConnectionLike for Commands {
         match self {
             Commands::Single(c) => c.req_packed_command(cmd),
             Commands::Master(c) => c.req_packed_command(cmd),
+            Commands::Cluster(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -43,6 +47,7 @@ impl ConnectionLike for Commands {
         match self {
             Commands::Single(c) => c.req_packed_commands(cmd, offset, count),
             Commands::Master(c) => c.req_packed_commands(cmd, offset, count),
+            Commands::Cluster(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
@@ -50,6 +55,7 @@ impl ConnectionLike for Commands {
         match self {
             Commands::Single(c) => c.get_db(),
             Commands::Master(c) => c.get_db(),
+            Commands::Cluster(c) => c.get_db(),
         }
     }
 }
@@ -76,6 +82,14 @@ impl CommandConn {
             && c.master == endpoint.current_master()
         {
             return Ok(c.conn.clone());
+        }
+        if let Some(cluster) = endpoint.cluster() {
+            let conn = Commands::Cluster(cluster.commands()?.get_async_connection().await?);
+            *cached = Some(Cached {
+                master: None,
+                conn: conn.clone(),
+            });
+            return Ok(conn);
         }
         let client = endpoint.client().await?;
         let (master, conn) = if endpoint.follows_master() {

@@ -14,6 +14,7 @@ use redis::RedisResult;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::cluster::Cluster;
 use super::options::{Connect, Topology};
 use super::sentinel::{Addr, Sentinel};
 use super::tls::Tls;
@@ -29,6 +30,7 @@ pub struct Endpoint {
 enum Kind {
     Single(Box<redis::Client>),
     Sentinel(Arc<Sentinel>),
+    Cluster(Arc<Cluster>),
 }
 
 impl Endpoint {
@@ -57,10 +59,17 @@ impl Endpoint {
                         .join(",")
                 ),
             }),
-            Topology::Cluster { .. } => Err(redis::RedisError::from((
-                redis::ErrorKind::InvalidClientConfig,
-                "not supported yet",
-            ))),
+            Topology::Cluster { seeds } => Ok(Self {
+                kind: Kind::Cluster(Arc::new(Cluster::new(seeds, &connect.tls)?)),
+                display: format!(
+                    "cluster via {}",
+                    seeds
+                        .iter()
+                        .map(|s| redacted(s))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            }),
         }
     }
 
@@ -81,6 +90,18 @@ impl Endpoint {
         match &self.kind {
             Kind::Single(c) => Ok(redis::Client::clone(c)),
             Kind::Sentinel(s) => s.master().await,
+            Kind::Cluster(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "a Redis Cluster has no single server to connect to",
+            ))),
+        }
+    }
+
+    /// The cluster, when this is one.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        match &self.kind {
+            Kind::Cluster(c) => Some(c),
+            _ => None,
         }
     }
 

@@ -6,8 +6,10 @@
 //! - [`tls`]: CA bundle, client certificate, insecure mode (rustls through redis-rs).
 //! - [`endpoint`]: one server, the Sentinel master, or a Cluster, as the source connects to it.
 //! - [`sentinel`]: asking the sentinels for the master, and the `+switch-master` watcher.
+//! - [`cluster`]: Redis Cluster subscriptions (classic and sharded) that follow resharding.
 //! - [`commands`]: a connection for ordinary commands that follows the deployment.
 
+pub mod cluster;
 pub mod commands;
 pub mod endpoint;
 pub mod options;
