@@ -89,9 +89,15 @@ pub struct Args {
     #[arg(long, env = "TASKSTREAM_BROKER", value_enum, default_value = "redis")]
     pub broker: BrokerKind,
 
-    /// Redis URL (`redis://[:password@]host:port[/db]`); required with `--broker redis`.
+    /// Redis URL (`redis://[:password@]host:port[/db]`, `rediss://` for TLS); required with
+    /// `--broker redis`. With `--redis-sentinels` only its password, db and TLS are used (the
+    /// host is not); with `--redis-cluster` it may list several seed URLs, comma-separated.
     #[arg(long, env = "TASKSTREAM_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// TLS, Sentinel and Cluster settings of the Redis deployment.
+    #[command(flatten)]
+    pub redis: crate::broker::options::RedisArgs,
 
     /// Prefix of the Redis channel of each group: events for group G are published on `<prefix>G`.
     #[arg(long, env = "TASKSTREAM_CHANNEL_PREFIX", default_value = "taskstream:")]
@@ -237,10 +243,14 @@ pub struct Config {
     pub history: Option<HistoryConfig>,
 }
 
+// Built once at start-up and never moved on a hot path: boxing variants would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum BrokerConfig {
     Redis {
         url: String,
+        /// TLS and the deployment (one server, Sentinel, Cluster) behind `url`.
+        connect: crate::broker::options::Connect,
         channel_prefix: String,
         protocol: Protocol,
     },
@@ -248,6 +258,7 @@ pub enum BrokerConfig {
 }
 
 /// What the Redis source speaks.
+#[allow(clippy::large_enum_variant)] // as BrokerConfig: built once at start-up
 #[derive(Clone, Debug)]
 pub enum Protocol {
     Pubsub,
@@ -299,14 +310,14 @@ impl Args {
                 let url = self.redis_url.ok_or_else(|| {
                     ConfigError::new("--redis-url", "required with --broker redis")
                 })?;
-                redis::Client::open(url.as_str())
-                    .map_err(|e| ConfigError::new("--redis-url", format!("invalid: {e}")))?;
+                let connect = self.redis.validate(&url, self.redis_protocol)?;
                 let protocol = match self.redis_protocol {
                     RedisProtocol::Pubsub => Protocol::Pubsub,
-                    layer => Protocol::Channels(self.channels.validate(layer, &url)?),
+                    layer => Protocol::Channels(self.channels.validate(layer, &url, &connect)?),
                 };
                 BrokerConfig::Redis {
                     url,
+                    connect,
                     channel_prefix: self.channel_prefix,
                     protocol,
                 }

@@ -38,6 +38,7 @@ use tracing::{info, warn};
 use crate::admin::Admin;
 use crate::auth::Authenticator;
 use crate::broker::Broker;
+use crate::broker::endpoint::Endpoint;
 use crate::config::{AuthConfig, BrokerConfig, Config, Protocol};
 use crate::error::{ConfigError, Error, Result};
 use crate::health::Health;
@@ -74,6 +75,13 @@ pub async fn run(
     );
     let upstream = Upstream::new(config.upstream.clone(), metrics.clone());
     let auth = Authenticator::new(&config.auth, upstream.clone())?;
+    if let BrokerConfig::Redis { connect, .. } = &config.broker
+        && connect.tls.insecure()
+    {
+        warn!(
+            "--redis-tls-insecure: the Redis server certificate is not verified; anyone on the network path can read and forge events. Use --redis-ca-file instead"
+        );
+    }
     if matches!(config.auth, AuthConfig::None) {
         warn!(
             "--auth none: any client may join any group it names; use only for local development"
@@ -96,13 +104,13 @@ pub async fn run(
         }
         BrokerConfig::Redis {
             url,
+            connect,
             channel_prefix,
             protocol: Protocol::Pubsub,
         } => {
-            let redis = Arc::new(
-                RedisBroker::new(url, channel_prefix.clone())
-                    .map_err(|e| ConfigError::new("--redis-url", format!("invalid: {e}")))?,
-            );
+            let endpoint = Endpoint::new(url, connect)
+                .map_err(|e| ConfigError::new("--redis-url", format!("invalid: {e}")))?;
+            let redis = Arc::new(RedisBroker::new(endpoint, channel_prefix.clone()));
             let task = tokio::spawn(redis.clone().run(
                 hub.clone(),
                 health.clone(),

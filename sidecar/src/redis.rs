@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, PubSubSink};
-use tokio::sync::{Notify, OnceCell};
+use redis::aio::PubSubSink;
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -29,13 +29,17 @@ use tracing::{debug, info, warn};
 use crate::backoff::Backoff;
 use crate::broker::history::{self, HistoryConfig, Snapshot};
 use crate::broker::id::StreamId;
+use crate::broker::commands::{CommandConn, Commands};
+use crate::broker::endpoint::{Endpoint, Moves, addr_of};
+use crate::broker::sentinel::Addr;
+use crate::broker::tls;
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::metrics::{DropReason, Metrics};
 
 /// A PING this often finds a peer that vanished without closing the socket.
-const PING_EVERY: Duration = Duration::from_secs(5);
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const PING_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Maps groups to Redis channels and payloads to text frames.
 pub trait Wire: Send + Sync + 'static {
@@ -114,13 +118,13 @@ impl Wire for Plain {
 
 /// Handle of the Redis broker.
 pub struct RedisBroker {
-    client: redis::Client,
-    wire: Arc<dyn Wire>,
+    endpoint: Endpoint,
+    pub(crate) wire: Arc<dyn Wire>,
     /// Wakes the subscription loop instead of [`Hub::changed`] when several loops share a hub.
-    wake: Option<Arc<Notify>>,
+    pub(crate) wake: Option<Arc<Notify>>,
     /// Where logs may name the server: host and port, never the password.
-    display: String,
-    publisher: OnceCell<ConnectionManager>,
+    pub(crate) display: String,
+    publisher: CommandConn,
     scripts: Scripts,
 }
 
@@ -131,42 +135,53 @@ struct Scripts {
 }
 
 impl RedisBroker {
-    pub fn new(url: &str, prefix: String) -> redis::RedisResult<Self> {
-        Self::with_wire(url, Arc::new(Plain { prefix }), None)
+    pub fn new(endpoint: Endpoint, prefix: String) -> Self {
+        Self::with_wire(endpoint, Arc::new(Plain { prefix }), None)
     }
 
     /// A broker speaking `wire`; `wake`, when given, replaces [`Hub::changed`] as its wake-up.
-    pub fn with_wire(
-        url: &str,
-        wire: Arc<dyn Wire>,
-        wake: Option<Arc<Notify>>,
-    ) -> redis::RedisResult<Self> {
-        let client = redis::Client::open(url)?;
-        let display = redacted(url);
-        Ok(Self {
-            client,
+    pub fn with_wire(endpoint: Endpoint, wire: Arc<dyn Wire>, wake: Option<Arc<Notify>>) -> Self {
+        Self {
+            display: endpoint.display().to_owned(),
+            endpoint,
             wire,
             wake,
-            display,
-            publisher: OnceCell::new(),
+            publisher: CommandConn::default(),
             scripts: Scripts {
                 publish: redis::Script::new(history::PUBLISH_SCRIPT),
                 read: redis::Script::new(history::READ_SCRIPT),
             },
-        })
+        }
     }
 
-    /// `PUBLISH <prefix><group> <payload>`; returns how many subscribers Redis reached.
+    /// A connection for ordinary commands (EVALSHA, XRANGE, ...) on the server that owns the
+    /// data now: the one server, the current Sentinel master, or the slot's Cluster node.
+    pub async fn commands(&self) -> redis::RedisResult<Commands> {
+        self.publisher.get(&self.endpoint).await
+    }
+
+    /// `PUBLISH <prefix><group> <payload>` (`SPUBLISH` on a Cluster: it stays in the shard
+    /// owning the channel); returns how many subscribers Redis reached.
     pub async fn publish(&self, group: &str, payload: &[u8]) -> redis::RedisResult<usize> {
+        let mut cmd = redis::cmd(if self.endpoint.cluster().is_some() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        });
+        cmd.arg(self.wire.channel(group)).arg(payload);
         let mut conn = self.commands().await?;
-        redis::cmd("PUBLISH")
-            .arg(self.wire.channel(group))
-            .arg(payload)
-            .query_async(&mut conn)
-            .await
+        match cmd.query_async(&mut conn).await {
+            // Once more on a fresh connection: the master may have moved (Sentinel failover).
+            Err(e) if self.publisher.failed(&e).await => {
+                let mut conn = self.commands().await?;
+                cmd.query_async(&mut conn).await
+            }
+            r => r,
+        }
     }
 
-    /// Stores the event in the group's history and publishes it, atomically (publish.lua).
+    /// Stores the event in the group's history and publishes it, atomically (publish.lua). Not
+    /// retried: a failure after the script ran would store it twice.
     pub async fn publish_with_history(
         &self,
         group: &str,
@@ -174,15 +189,23 @@ impl RedisBroker {
         history: HistoryConfig,
     ) -> redis::RedisResult<StreamId> {
         let mut conn = self.commands().await?;
-        let id: String = self
+        let result = self
             .scripts
             .publish
             .key(self.wire.channel(group))
             .arg(payload)
             .arg(history.size)
             .arg(history.ttl.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await?;
+            .invoke_async::<String>(&mut conn)
+            .await;
+        let id = match result {
+            Err(e) => {
+                // The next call gets a fresh connection (the master may have moved).
+                self.publisher.failed(&e).await;
+                return Err(e);
+            }
+            Ok(id) => id,
+        };
         StreamId::parse(&id).ok_or_else(|| {
             redis::RedisError::from((
                 redis::ErrorKind::Parse,
@@ -203,7 +226,7 @@ impl RedisBroker {
             .commands()
             .await
             .map_err(|e| format!("redis {}: {e}", self.display))?;
-        let reply: redis::Value = self
+        let reply = self
             .scripts
             .read
             .key(self.wire.channel(group))
@@ -213,25 +236,15 @@ impl RedisBroker {
                 last.to_string()
             })
             .arg(count)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| format!("redis {}: read history of {group:?}: {e}", self.display))?;
-        history::parse_read_reply(reply)
-    }
-
-    /// The multiplexed connection for commands (a connection in subscribe mode cannot run
-    /// them), made on first use and re-made by the manager when it breaks.
-    async fn commands(&self) -> redis::RedisResult<ConnectionManager> {
-        let conn = self
-            .publisher
-            .get_or_try_init(|| async {
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(COMMAND_TIMEOUT))
-                    .set_response_timeout(Some(COMMAND_TIMEOUT));
-                ConnectionManager::new_with_config(self.client.clone(), config).await
-            })
-            .await?;
-        Ok(conn.clone())
+            .invoke_async::<redis::Value>(&mut conn)
+            .await;
+        match reply {
+            Ok(reply) => history::parse_read_reply(reply),
+            Err(e) => {
+                self.publisher.failed(&e).await;
+                Err(format!("redis {}: read history of {group:?}: {e}", self.display))
+            }
+        }
     }
 
     /// Runs the subscription loop until `shutdown`.
@@ -242,25 +255,45 @@ impl RedisBroker {
         metrics: Metrics,
         shutdown: CancellationToken,
     ) {
+        if let Some(cluster) = self.endpoint.cluster() {
+            let cluster = cluster.clone();
+            return crate::broker::cluster::run(self, &cluster, hub, health, metrics, shutdown)
+                .await;
+        }
         let mut backoff = Backoff::default();
         let mut connected_once = false;
+        self.endpoint.spawn_watch(shutdown.clone());
+        let mut moves = self.endpoint.moves();
         loop {
             let attempt = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = tokio::time::timeout(COMMAND_TIMEOUT, self.client.get_async_pubsub()) => r,
+                r = tokio::time::timeout(COMMAND_TIMEOUT, self.connect()) => r,
             };
             let pubsub = match attempt {
-                Ok(Ok(p)) => p,
+                Ok(Ok((p, at))) => {
+                    if !moves.seen(at.as_ref()) {
+                        info!(redis = %self.display, "the master moved while connecting; reconnecting");
+                        continue;
+                    }
+                    p
+                }
                 Ok(Err(e)) => {
-                    warn!(redis = %self.display, error = %e, retry_in = ?backoff.current(), "redis connect failed; clients stay connected, retrying");
-                    if !backoff.wait(&shutdown).await {
+                    match tls::hint(&e) {
+                        Some(hint) => {
+                            warn!(redis = %self.display, error = %e, retry_in = ?backoff.current(), "redis connect failed: {hint}; clients stay connected, retrying")
+                        }
+                        None => {
+                            warn!(redis = %self.display, error = %e, retry_in = ?backoff.current(), "redis connect failed; clients stay connected, retrying")
+                        }
+                    }
+                    if !pause(&mut backoff, &mut moves, &shutdown).await {
                         return;
                     }
                     continue;
                 }
                 Err(_) => {
                     warn!(redis = %self.display, retry_in = ?backoff.current(), "redis connect timed out; retrying");
-                    if !backoff.wait(&shutdown).await {
+                    if !pause(&mut backoff, &mut moves, &shutdown).await {
                         return;
                     }
                     continue;
@@ -277,7 +310,9 @@ impl RedisBroker {
                 subscribed: BTreeSet::new(),
                 reconnected: connected_once,
             };
-            let ended = session.serve(stream, &health, &metrics, &shutdown).await;
+            let ended = session
+                .serve(stream, &health, &metrics, &shutdown, &mut moves)
+                .await;
             connected_once = true;
             health.set_broker_up(false);
             metrics.broker_up.set(0);
@@ -288,12 +323,29 @@ impl RedisBroker {
                 Ended::Lost(why) => {
                     warn!(redis = %self.display, error = %why, "redis connection lost; clients stay connected, reconnecting and resubscribing");
                     backoff.reset();
-                    if !backoff.wait(&shutdown).await {
+                    if !pause(&mut backoff, &mut moves, &shutdown).await {
                         return;
                     }
                 }
             }
         }
+    }
+}
+
+impl RedisBroker {
+    /// A pub/sub connection to the server to subscribe on now, and where it goes.
+    async fn connect(&self) -> redis::RedisResult<(redis::aio::PubSub, Option<Addr>)> {
+        let client = self.endpoint.client().await?;
+        let at = addr_of(&client);
+        Ok((client.get_async_pubsub().await?, at))
+    }
+}
+
+/// The backoff delay, cut short when the master moves (a failover finished: connect now).
+async fn pause(backoff: &mut Backoff, moves: &mut Moves, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        go_on = backoff.wait(shutdown) => go_on,
+        _ = moves.changed() => true,
     }
 }
 
@@ -318,6 +370,7 @@ impl Session<'_> {
         health: &Health,
         metrics: &Metrics,
         shutdown: &CancellationToken,
+        moves: &mut Moves,
     ) -> Ended {
         if let Err(e) = self.reconcile().await {
             return Ended::Lost(e);
@@ -336,6 +389,7 @@ impl Session<'_> {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ended::Shutdown,
+                _ = moves.changed() => return Ended::Lost("the sentinels named a new master".into()),
                 _ = self.changed() => {
                     if let Err(e) = self.reconcile().await {
                         return Ended::Lost(e);

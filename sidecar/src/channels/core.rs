@@ -70,7 +70,9 @@ impl Core {
             .iter()
             .map(|h| {
                 let display = redacted(&h.0);
-                redis::Client::open(h.0.as_str())
+                config
+                    .tls
+                    .client(h.0.as_str())
                     .map(|client| Shard {
                         client,
                         display: display.clone(),

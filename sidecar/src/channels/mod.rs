@@ -123,16 +123,20 @@ pub struct ChannelsConfig {
     pub expiry: Duration,
     pub group_expiry: Duration,
     pub hosts: Vec<Secret>,
+    /// TLS for `rediss://` hosts.
+    pub tls: crate::broker::tls::Tls,
     pub keys: Vec<Secret>,
     pub message: MessageMode,
 }
 
 impl ChannelsArgs {
-    /// Checks the channels flags for `protocol`; `redis_url` is the default host.
+    /// Checks the channels flags for `protocol`; `redis_url` is the default host, `connect` its
+    /// TLS and deployment.
     pub fn validate(
         self,
         protocol: RedisProtocol,
         redis_url: &str,
+        connect: &crate::broker::options::Connect,
     ) -> Result<ChannelsConfig, ConfigError> {
         let layer = match protocol {
             RedisProtocol::Channels => Layer::Core,
@@ -147,7 +151,7 @@ impl ChannelsArgs {
                 .collect()
         };
         for h in &hosts {
-            redis::Client::open(h.as_str()).map_err(|e| {
+            connect.tls.client(h.as_str()).map_err(|e| {
                 ConfigError::new(
                     "--channels-hosts",
                     format!("{}: {e}", crate::redis::redacted(h)),
@@ -178,6 +182,7 @@ impl ChannelsArgs {
             expiry: self.channels_expiry,
             group_expiry: self.channels_group_expiry,
             hosts: hosts.into_iter().map(Secret).collect(),
+            tls: connect.tls.clone(),
             keys,
             message: self.channels_message,
         })

@@ -20,6 +20,7 @@ use tracing::warn;
 
 use super::codec::Codec;
 use super::{ChannelsConfig, consistent_hash};
+use crate::broker::endpoint::Endpoint;
 use crate::error::ConfigError;
 use crate::health::Health;
 use crate::hub::Hub;
@@ -82,9 +83,10 @@ pub fn spawn(
             shards,
             codec: codec.clone(),
         });
-        let broker = RedisBroker::with_wire(&host.0, wire, Some(wake.clone())).map_err(|e| {
+        let endpoint = Endpoint::single(&host.0, &config.tls).map_err(|e| {
             ConfigError::new("--channels-hosts", format!("{}: {e}", redacted(&host.0)))
         })?;
+        let broker = RedisBroker::with_wire(endpoint, wire, Some(wake.clone()));
         wakes.push(wake);
         loops.push(Arc::new(broker).run(
             hub.clone(),

@@ -7,9 +7,24 @@
 //!                                   \--redis---> PUBLISH, or EVAL publish.lua --> Redis --> hub
 //! session resume        --> [Broker]::recover --> ring / EVAL read.lua --> events or a reset
 //! ```
+//!
+//! One file per concern:
+//! - [`history`], [`id`]: event history per group and its ids (resume, reset).
+//! - [`options`]: the TLS / Sentinel / Cluster flags and their validation.
+//! - [`tls`]: CA bundle, client certificate, insecure mode (rustls through redis-rs).
+//! - [`endpoint`]: one server, the Sentinel master, or a Cluster, as the source connects to it.
+//! - [`sentinel`]: asking the sentinels for the master, and the `+switch-master` watcher.
+//! - [`cluster`]: Redis Cluster subscriptions (classic and sharded) that follow resharding.
+//! - [`commands`]: a connection for ordinary commands that follows the deployment.
 
+pub mod cluster;
+pub mod commands;
+pub mod endpoint;
 pub mod history;
 pub mod id;
+pub mod options;
+pub mod sentinel;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Instant;
