@@ -27,10 +27,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::broker::history::{self, HistoryConfig, Snapshot};
-use crate::broker::id::StreamId;
 use crate::broker::commands::{CommandConn, Commands};
 use crate::broker::endpoint::{Endpoint, Moves, addr_of};
+use crate::broker::history::{self, HistoryConfig, Snapshot};
+use crate::broker::id::StreamId;
 use crate::broker::sentinel::Addr;
 use crate::broker::tls;
 use crate::health::Health;
@@ -242,7 +242,10 @@ impl RedisBroker {
             Ok(reply) => history::parse_read_reply(reply),
             Err(e) => {
                 self.publisher.failed(&e).await;
-                Err(format!("redis {}: read history of {group:?}: {e}", self.display))
+                Err(format!(
+                    "redis {}: read history of {group:?}: {e}",
+                    self.display
+                ))
             }
         }
     }

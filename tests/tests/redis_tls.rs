@@ -178,7 +178,7 @@ async fn mutual_tls_needs_the_client_certificate() {
     let line = without.wait_log("redis connect failed").await;
     assert!(line.contains("--redis-client-cert-file"), "{line}");
     assert_eq!(
-        http_get(&format!("http://{}/readyz", without.admin))
+        http_get(&format!("http://{}/readyz/broker", without.admin))
             .await
             .0,
         503
@@ -207,7 +207,9 @@ async fn a_wrong_ca_fails_with_a_clear_error_and_insecure_skips_the_check() {
         "{line}"
     );
     assert_eq!(
-        http_get(&format!("http://{}/readyz", wrong.admin)).await.0,
+        http_get(&format!("http://{}/readyz/broker", wrong.admin))
+            .await
+            .0,
         503
     );
     drop(wrong);
