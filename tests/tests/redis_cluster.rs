@@ -149,3 +149,66 @@ fn cluster_with_a_django_channels_layer_is_refused_at_start_up() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--redis-cluster"), "{stderr}");
 }
+
+#[tokio::test]
+async fn history_works_on_a_cluster_and_resumes_across_nodes() {
+    use serde_json::Value;
+    use taskstream_sidecar::broker::history::PUBLISH_SCRIPT;
+    use taskstream_tests::ws::connect_with;
+
+    let cluster = RedisCluster::start(3).await;
+    let sc = Sidecar::start(&[
+        "--auth",
+        "none",
+        "--redis-url",
+        &cluster.seeds(),
+        "--redis-cluster",
+        "--history-size",
+        "100",
+    ])
+    .await;
+    let v1 = [("Sec-WebSocket-Protocol", "taskstream.v1")];
+    let mut live = connect_with(&sc.ws_url("groups=hc"), &v1)
+        .await
+        .expect("v1");
+    let json = |t: String| serde_json::from_str::<Value>(&t).expect("JSON frame");
+
+    // Through the sidecar (the script runs on the node owning the group's stream)...
+    let (status, answer) = send(request(
+        "POST",
+        &format!("http://{}/publish/hc", sc.admin),
+        "{\"step\":1}",
+    ))
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let first = json(answer)["id"].as_str().expect("id").to_owned();
+    let v = json(recv_text(&mut live).await);
+    assert_eq!(
+        (v["id"].as_str(), v["data"]["step"].as_u64()),
+        (Some(first.as_str()), Some(1))
+    );
+
+    // ...and by an app with its own client on the owner node: one EVAL of the script.
+    let owner = cluster.owner(cluster.slot_of("taskstream:hc").await).await;
+    let mut conn = cluster.nodes[owner].conn().await.expect("owner");
+    let second: String = redis::Script::new(PUBLISH_SCRIPT)
+        .key("taskstream:hc")
+        .arg("{\"step\":2}")
+        .arg(100)
+        .arg(600_000)
+        .invoke_async(&mut conn)
+        .await
+        .expect("EVAL on the owner");
+    assert_eq!(json(recv_text(&mut live).await)["id"], second.as_str());
+
+    // A client resuming after the first event gets exactly the second.
+    let mut resumed = connect_with(&sc.ws_url(&format!("groups=hc&last_id=hc:{first}")), &v1)
+        .await
+        .expect("v1 resume");
+    let v = json(recv_text(&mut resumed).await);
+    assert_eq!(
+        (v["type"].as_str(), v["id"].as_str()),
+        (Some("event"), Some(second.as_str()))
+    );
+    sc.stop().await;
+}

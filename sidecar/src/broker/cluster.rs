@@ -147,14 +147,15 @@ pub async fn run(
         if connected_once {
             metrics.redis_reconnects.inc();
         }
-        connected_once = true;
         let mut session = ClusterSession {
             broker: &broker,
             hub: &hub,
             conn,
             dropped,
             subscribed: BTreeSet::new(),
+            reconnected: connected_once,
         };
+        connected_once = true;
         let ended = session.serve(&health, &metrics, &shutdown).await;
         health.set_broker_up(false);
         metrics.broker_up.set(0);
@@ -191,9 +192,9 @@ fn pusher(
                     return Ok(());
                 };
                 if let Some(group) = wire.group(&channel)
-                    && let Some(frame) = wire.frame(group, payload, &metrics)
+                    && let Some((id, frame)) = wire.event(group, payload, &metrics)
                 {
-                    hub.publish(group, &frame);
+                    hub.publish_event(group, id, frame);
                 }
             }
             PushKind::SUnsubscribe => {
@@ -217,6 +218,8 @@ struct ClusterSession<'a> {
     dropped: Arc<Dropped>,
     /// Groups subscribed both ways (SUBSCRIBE and SSUBSCRIBE).
     subscribed: BTreeSet<String>,
+    /// A lost connection was re-made: pub/sub dropped whatever was published meanwhile.
+    reconnected: bool,
 }
 
 impl ClusterSession<'_> {
@@ -232,6 +235,10 @@ impl ClusterSession<'_> {
         }
         info!(redis = %self.broker.display, groups = self.subscribed.len(), "redis cluster subscribed");
         health.set_broker_up(true);
+        if self.reconnected {
+            // Live again: taskstream.v1 sessions catch up on what pub/sub dropped meanwhile.
+            self.hub.resubscribed();
+        }
         metrics.broker_up.set(1);
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -248,6 +255,8 @@ impl ClusterSession<'_> {
                     if let Err(e) = self.renew().await {
                         return Some(e);
                     }
+                    // Events published during the move were dropped by pub/sub: catch up.
+                    self.hub.resubscribed();
                 }
                 _ = ping.tick() => {
                     // PING goes to every primary: a node that vanished is found here and
