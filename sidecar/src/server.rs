@@ -166,14 +166,7 @@ async fn handshake(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     if !is_ws || req.method() != http::Method::GET {
-        shared.metrics.rejected(RejectReason::BadRequest);
-        let mut resp = text(
-            StatusCode::UPGRADE_REQUIRED,
-            "this path serves WebSocket connections only\n",
-        );
-        resp.headers_mut()
-            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        return resp;
+        return preflight(&shared, &req, peer).await;
     }
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)
@@ -195,15 +188,6 @@ async fn handshake(
             "missing Sec-WebSocket-Key",
         );
     };
-    if let Err(why) = check_origin(&shared.config.allowed_origins, headers) {
-        info!(%peer, origin = why, "refused websocket from a foreign origin (cross-site websocket hijacking?); add it to --allowed-origins if it is yours");
-        return reject(
-            &shared,
-            StatusCode::FORBIDDEN,
-            RejectReason::Origin,
-            "origin not allowed",
-        );
-    }
     let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
         warn!(%peer, max = shared.config.max_connections, "connection limit reached; answering 503 (raise --max-connections or add replicas)");
         return reject(
@@ -214,42 +198,10 @@ async fn handshake(
         );
     };
     let v1 = protocol::offered(req.headers());
-    let resume = match last_ids(req.uri().query(), v1) {
-        Ok(r) => r,
-        Err(msg) => {
-            debug!(%peer, why = %msg, "websocket handshake refused");
-            return reject(
-                &shared,
-                StatusCode::BAD_REQUEST,
-                RejectReason::BadRequest,
-                &msg,
-            );
-        }
+    let (identity, resume) = match admit(&shared, &req, peer, v1).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal.answer(&shared, peer),
     };
-    let identity = match shared.auth.authenticate(&req, peer).await {
-        Ok(id) => id,
-        Err(Rejection {
-            status,
-            reason,
-            message,
-        }) => {
-            debug!(%peer, %status, why = %message, "websocket handshake refused");
-            return reject(&shared, status, reason, &message);
-        }
-    };
-
-    if let Some((g, _)) = resume.iter().find(|(g, _)| !identity.groups.contains(g)) {
-        let msg = format!(
-            "last_id names group {g:?}, which is not one of this connection's groups (granted, and in ?groups= when given)"
-        );
-        debug!(%peer, why = %msg, "websocket handshake refused");
-        return reject(
-            &shared,
-            StatusCode::FORBIDDEN,
-            RejectReason::Forbidden,
-            &msg,
-        );
-    }
 
     let membership = shared.hub.join(identity.groups);
     // Subscribed before the 101: every event published after the handshake arrives. Also at
@@ -330,6 +282,90 @@ fn last_ids(query: Option<&str>, v1: bool) -> Result<Vec<(String, StreamId)>, St
         out.push((group, id));
     }
     Ok(out)
+}
+
+/// Why a handshake is refused: its HTTP answer.
+struct Refusal {
+    status: StatusCode,
+    reason: RejectReason,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, reason: RejectReason, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// The refused handshake's answer, counted.
+    fn answer(self, shared: &Shared, peer: SocketAddr) -> Response<Body> {
+        debug!(%peer, status = %self.status, why = %self.message, "websocket handshake refused");
+        reject(shared, self.status, self.reason, &self.message)
+    }
+}
+
+/// The checks that decide who may connect and to what: origin, `last_id`, authentication and
+/// groups. Shared by the handshake and the plain-GET preflight.
+async fn admit(
+    shared: &Shared,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+    v1: bool,
+) -> Result<(crate::auth::Identity, Vec<(String, StreamId)>), Refusal> {
+    if let Err(why) = check_origin(&shared.config.allowed_origins, req.headers()) {
+        info!(%peer, origin = why, "refused websocket from a foreign origin (cross-site websocket hijacking?); add it to --allowed-origins if it is yours");
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            RejectReason::Origin,
+            "origin not allowed",
+        ));
+    }
+    let resume = last_ids(req.uri().query(), v1)
+        .map_err(|msg| Refusal::new(StatusCode::BAD_REQUEST, RejectReason::BadRequest, msg))?;
+    let identity = shared.auth.authenticate(req, peer).await.map_err(
+        |Rejection {
+             status,
+             reason,
+             message,
+         }| Refusal::new(status, reason, message),
+    )?;
+    if let Some((g, _)) = resume.iter().find(|(g, _)| !identity.groups.contains(g)) {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            RejectReason::Forbidden,
+            format!(
+                "last_id names group {g:?}, which is not one of this connection's groups (granted, and in ?groups= when given)"
+            ),
+        ));
+    }
+    Ok((identity, resume))
+}
+
+/// A plain `GET` of the WebSocket path (no upgrade) runs the same checks as a handshake and
+/// answers their refusal (401, 403, 400, 503), or `426` when the handshake would be admitted:
+/// a browser cannot see why a WebSocket was refused, so clients ask this way to tell "stop
+/// retrying" from "try again". Not counted as a refused handshake. (Browsers cannot send the
+/// subprotocol header with fetch, so `last_id` is checked as for a `taskstream.v1` client.)
+async fn preflight(shared: &Shared, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let upgrade = || {
+        let mut resp = text(
+            StatusCode::UPGRADE_REQUIRED,
+            "this path serves WebSocket connections only (a handshake would be admitted)\n",
+        );
+        resp.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        resp
+    };
+    if req.method() != http::Method::GET {
+        return upgrade();
+    }
+    match admit(shared, req, peer, true).await {
+        Ok(_) => upgrade(),
+        Err(refusal) => text(refusal.status, format!("{}\n", refusal.message)),
+    }
 }
 
 /// Refuses browsers from other sites. `Err` carries the offending origin for the log.

@@ -143,10 +143,10 @@ async fn sidecar(redis: &RedisServer, args: &[&str]) -> Sidecar {
     let mut all = vec!["--redis-url", url.as_str()];
     all.extend_from_slice(args);
     let sc = Sidecar::start(&all).await;
-    // Ready = Redis connected: from then on a handshake completes only once its groups are
-    // subscribed, so an event published right after `connect` is not lost. Before that the
-    // sidecar admits clients without waiting (see relay.rs), and a loaded machine hits the gap.
-    sc.wait_ready(200).await;
+    // Redis connected: from then on a handshake completes only once its groups are subscribed,
+    // so an event published right after `connect` is not lost. Before that the sidecar admits
+    // clients without waiting (see relay.rs), and a loaded machine hits the gap.
+    sc.wait_broker(200).await;
     sc
 }
 
@@ -778,5 +778,38 @@ async fn rejections_are_counted_by_reason() {
         !text.contains("AuthUnavailable"),
         "no 503s happened:\n{text}"
     );
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn a_plain_get_of_the_ws_path_answers_what_a_handshake_would_get() {
+    let redis = RedisServer::start().await;
+    let sc = hs256_sidecar(&redis, &[]).await;
+    let token = hs256(SECRET.as_bytes(), &claims("7", &["team:1"], json!({})));
+    let get = |query: String| {
+        let url = http_url(&sc, &query);
+        async move { upstream::send(upstream::request("GET", &url, "")).await }
+    };
+    // Admitted: 426 (upgrade to connect).
+    assert_eq!(get(format!("token={token}")).await.0, 426);
+    assert_eq!(
+        get(format!("token={token}&groups=team:1&last_id=team:1:0"))
+            .await
+            .0,
+        426
+    );
+    // Refused as the handshake would be, with its reason (a browser's WebSocket cannot see it).
+    let (status, body) = get(String::new()).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("missing token"), "{body}");
+    assert_eq!(get(format!("token={token}&groups=team:2")).await.0, 403);
+    assert_eq!(get(format!("token={token}&last_id=other:0")).await.0, 403);
+    assert_eq!(
+        get(format!("token={token}&last_id=team:1:bad")).await.0,
+        400
+    );
+    assert_eq!(get("token=not.a.token".into()).await.0, 401);
+    // A preflight is not a refused handshake.
+    assert_eq!(sc.metric(&rejected("Unauthorized")).await, 0.0);
     sc.stop().await;
 }

@@ -213,7 +213,7 @@ async fn plain_http_on_the_ws_path_is_told_to_upgrade() {
     let sc = sidecar(&redis, &app.url()).await;
     let (status, body) = send(request(
         "GET",
-        &format!("http://{}/ws/tasks/", sc.public),
+        &format!("http://{}/ws/tasks/?groups=g", sc.public),
         "",
     ))
     .await;
