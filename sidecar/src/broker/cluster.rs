@@ -147,15 +147,16 @@ pub async fn run(
         if connected_once {
             metrics.redis_reconnects.inc();
         }
-        connected_once = true;
         let mut session = ClusterSession {
             broker: &broker,
             hub: &hub,
             conn,
             dropped,
             subscribed: BTreeSet::new(),
+            reconnected: connected_once,
         };
         let ended = session.serve(&health, &metrics, &shutdown).await;
+        connected_once = true;
         health.set_broker_up(false);
         metrics.broker_up.set(0);
         hub.set_confirmed(session.subscribed.iter().map(String::as_str), false);
@@ -191,9 +192,9 @@ fn pusher(
                     return Ok(());
                 };
                 if let Some(group) = wire.group(&channel)
-                    && let Some(frame) = wire.frame(group, payload, &metrics)
+                    && let Some((id, frame)) = wire.event(group, payload, &metrics)
                 {
-                    hub.publish(group, &frame);
+                    hub.publish_event(group, id, frame);
                 }
             }
             PushKind::SUnsubscribe => {
@@ -217,6 +218,8 @@ struct ClusterSession<'a> {
     dropped: Arc<Dropped>,
     /// Groups subscribed both ways (SUBSCRIBE and SSUBSCRIBE).
     subscribed: BTreeSet<String>,
+    /// A lost connection was re-made: pub/sub dropped whatever was published meanwhile.
+    reconnected: bool,
 }
 
 impl ClusterSession<'_> {
@@ -233,6 +236,11 @@ impl ClusterSession<'_> {
         info!(redis = %self.broker.display, groups = self.subscribed.len(), "redis cluster subscribed");
         health.set_broker_up(true);
         metrics.broker_up.set(1);
+        if self.reconnected {
+            // As in the single-server loop: history reads from now on are followed by live
+            // events without a gap.
+            self.hub.resubscribed();
+        }
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.reset();
