@@ -180,7 +180,8 @@ impl RedisBroker {
         }
     }
 
-    /// Stores the event in the group's history and publishes it, atomically (publish.lua).
+    /// Stores the event in the group's history and publishes it, atomically (publish.lua). Not
+    /// retried: a failure after the script ran would store it twice.
     pub async fn publish_with_history(
         &self,
         group: &str,
@@ -188,15 +189,23 @@ impl RedisBroker {
         history: HistoryConfig,
     ) -> redis::RedisResult<StreamId> {
         let mut conn = self.commands().await?;
-        let id: String = self
+        let result = self
             .scripts
             .publish
             .key(self.wire.channel(group))
             .arg(payload)
             .arg(history.size)
             .arg(history.ttl.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await?;
+            .invoke_async::<String>(&mut conn)
+            .await;
+        let id = match result {
+            Err(e) => {
+                // The next call gets a fresh connection (the master may have moved).
+                self.publisher.failed(&e).await;
+                return Err(e);
+            }
+            Ok(id) => id,
+        };
         StreamId::parse(&id).ok_or_else(|| {
             redis::RedisError::from((
                 redis::ErrorKind::Parse,
@@ -217,7 +226,7 @@ impl RedisBroker {
             .commands()
             .await
             .map_err(|e| format!("redis {}: {e}", self.display))?;
-        let reply: redis::Value = self
+        let reply = self
             .scripts
             .read
             .key(self.wire.channel(group))
@@ -227,10 +236,18 @@ impl RedisBroker {
                 last.to_string()
             })
             .arg(count)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| format!("redis {}: read history of {group:?}: {e}", self.display))?;
-        history::parse_read_reply(reply)
+            .invoke_async::<redis::Value>(&mut conn)
+            .await;
+        match reply {
+            Ok(reply) => history::parse_read_reply(reply),
+            Err(e) => {
+                self.publisher.failed(&e).await;
+                Err(format!(
+                    "redis {}: read history of {group:?}: {e}",
+                    self.display
+                ))
+            }
+        }
     }
 
     /// Runs the subscription loop until `shutdown`.

@@ -1,6 +1,7 @@
 //! The sidecar under test: in-process from the library (port 0, no races), or the real binary
 //! (for signals and exit codes).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
@@ -8,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use clap::Parser;
 use taskstream_sidecar::config::Args;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::oneshot;
 
 use crate::upstream::http_get;
@@ -177,8 +178,8 @@ pub struct SidecarProcess {
     pub public: SocketAddr,
     pub admin: SocketAddr,
     child: Option<tokio::process::Child>,
-    /// Its stderr so far, when spawned with [`SidecarProcess::spawn_captured`].
-    stderr: Option<Arc<Mutex<Vec<u8>>>>,
+    /// Its most recent stderr lines (also echoed to the test's stderr), for [`Self::wait_log`].
+    logs: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl SidecarProcess {
@@ -189,20 +190,13 @@ impl SidecarProcess {
 
     /// Spawns the binary on the given addresses (e.g. to restart it where it was).
     pub async fn spawn_on(public: SocketAddr, admin: SocketAddr, args: &[&str]) -> Self {
-        Self::spawn_inner(public, admin, args, &[], false).await
+        Self::spawn_inner(public, admin, args, &[]).await
     }
 
-    /// Like [`SidecarProcess::spawn`], with stderr piped (so not a terminal) and kept for
-    /// [`SidecarProcess::stderr`], and `env` set. `args` may name its own `--admin-listen`.
+    /// Like [`SidecarProcess::spawn`], with `env` set. `args` may name its own `--admin-listen`.
+    /// (Every sidecar process's stderr is a pipe, so not a terminal, read by [`Self::stderr`].)
     pub async fn spawn_captured(args: &[&str], env: &[(&str, &str)]) -> Self {
-        Self::spawn_inner(
-            loopback(free_port()),
-            loopback(free_port()),
-            args,
-            env,
-            true,
-        )
-        .await
+        Self::spawn_inner(loopback(free_port()), loopback(free_port()), args, env).await
     }
 
     async fn spawn_inner(
@@ -210,7 +204,6 @@ impl SidecarProcess {
         admin: SocketAddr,
         args: &[&str],
         env: &[(&str, &str)],
-        capture: bool,
     ) -> Self {
         let given_admin = admin_override(args);
         let mut own = vec!["--listen".to_owned(), public.to_string()];
@@ -225,30 +218,31 @@ impl SidecarProcess {
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(if capture {
-                Stdio::piped()
-            } else {
-                Stdio::inherit()
-            })
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn taskstream-sidecar");
-        let stderr = child.stderr.take().map(|mut pipe| {
-            // Drained as it comes, so the child never blocks on a full pipe.
-            let buf = Arc::new(Mutex::new(Vec::new()));
-            let sink = buf.clone();
+        // Drained line by line as it comes (the child never blocks on a full pipe), echoed to
+        // the test's stderr and kept (the newest lines) for `stderr` and `wait_log`.
+        let logs = Arc::new(Mutex::new(VecDeque::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let logs = logs.clone();
             tokio::spawn(async move {
-                let mut chunk = [0u8; 4096];
-                while let Ok(n @ 1..) = pipe.read(&mut chunk).await {
-                    sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("{line}");
+                    let mut logs = logs.lock().expect("logs lock");
+                    if logs.len() == 5000 {
+                        logs.pop_front();
+                    }
+                    logs.push_back(line);
                 }
             });
-            buf
-        });
+        }
         let p = Self {
             public,
             admin,
             child: Some(child),
-            stderr,
+            logs,
         };
         crate::eventually("sidecar /healthz", || async move {
             (http_get(&format!("http://{admin}/healthz")).await.0 == 200).then_some(())
@@ -277,24 +271,25 @@ impl SidecarProcess {
         }
     }
 
-    /// Everything the process wrote to stderr so far (only with `spawn_captured`).
-    pub fn stderr(&self) -> String {
-        let buf = self.stderr.as_ref().expect("spawned with spawn_captured");
-        String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
-    }
-
-    /// Waits (bounded) for a stderr line containing `needle` and returns it (needs
-    /// [`SidecarProcess::spawn_captured`]).
+    /// Waits (bounded) for a stderr line containing `needle` and returns it.
     pub async fn wait_log(&self, needle: &str) -> String {
+        let logs = self.logs.clone();
         crate::eventually(&format!("sidecar log line with {needle:?}"), || {
-            let found = self
-                .stderr()
-                .lines()
+            let found = logs
+                .lock()
+                .expect("logs lock")
+                .iter()
                 .find(|l| l.contains(needle))
-                .map(str::to_owned);
+                .cloned();
             async move { found }
         })
         .await
+    }
+
+    /// What the process wrote to stderr so far (its newest 5000 lines).
+    pub fn stderr(&self) -> String {
+        let logs = self.logs.lock().expect("logs lock");
+        logs.iter().map(|l| format!("{l}\n")).collect()
     }
 
     /// Sends SIGTERM.

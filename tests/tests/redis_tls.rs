@@ -164,19 +164,16 @@ async fn mutual_tls_needs_the_client_certificate() {
 
     // Without the client certificate the server refuses the sidecar, and the log says what to
     // check; the sidecar stays up and not ready.
-    let without = SidecarProcess::spawn_captured(
-        &[
-            "--auth",
-            "none",
-            "--upstream",
-            &app.url(),
-            "--redis-url",
-            &tls_url(tls_port),
-            "--redis-ca-file",
-            &pki.ca,
-        ],
-        &[],
-    )
+    let without = SidecarProcess::spawn(&[
+        "--auth",
+        "none",
+        "--upstream",
+        &app.url(),
+        "--redis-url",
+        &tls_url(tls_port),
+        "--redis-ca-file",
+        &pki.ca,
+    ])
     .await;
     let line = without.wait_log("redis connect failed").await;
     assert!(line.contains("--redis-client-cert-file"), "{line}");
@@ -193,19 +190,16 @@ async fn a_wrong_ca_fails_with_a_clear_error_and_insecure_skips_the_check() {
     let pki = Pki::new();
     let (redis, tls_port) = pki.server(false).await;
     let app = App::start().await;
-    let wrong = SidecarProcess::spawn_captured(
-        &[
-            "--auth",
-            "none",
-            "--upstream",
-            &app.url(),
-            "--redis-url",
-            &tls_url(tls_port),
-            "--redis-ca-file",
-            &pki.other_ca,
-        ],
-        &[],
-    )
+    let wrong = SidecarProcess::spawn(&[
+        "--auth",
+        "none",
+        "--upstream",
+        &app.url(),
+        "--redis-url",
+        &tls_url(tls_port),
+        "--redis-ca-file",
+        &pki.other_ca,
+    ])
     .await;
     let line = wrong.wait_log("redis connect failed").await;
     assert!(
@@ -221,35 +215,29 @@ async fn a_wrong_ca_fails_with_a_clear_error_and_insecure_skips_the_check() {
     drop(wrong);
 
     // The system roots do not know the test CA either.
-    let system = SidecarProcess::spawn_captured(
-        &[
-            "--auth",
-            "none",
-            "--upstream",
-            &app.url(),
-            "--redis-url",
-            &tls_url(tls_port),
-        ],
-        &[],
-    )
+    let system = SidecarProcess::spawn(&[
+        "--auth",
+        "none",
+        "--upstream",
+        &app.url(),
+        "--redis-url",
+        &tls_url(tls_port),
+    ])
     .await;
     let line = system.wait_log("redis connect failed").await;
     assert!(line.contains("--redis-ca-file"), "{line}");
     drop(system);
 
     // --redis-tls-insecure connects without checking, and warns at start-up.
-    let insecure = SidecarProcess::spawn_captured(
-        &[
-            "--auth",
-            "none",
-            "--upstream",
-            &app.url(),
-            "--redis-url",
-            &tls_url(tls_port),
-            "--redis-tls-insecure",
-        ],
-        &[],
-    )
+    let insecure = SidecarProcess::spawn(&[
+        "--auth",
+        "none",
+        "--upstream",
+        &app.url(),
+        "--redis-url",
+        &tls_url(tls_port),
+        "--redis-tls-insecure",
+    ])
     .await;
     insecure
         .wait_log("--redis-tls-insecure: the Redis server certificate is not verified")

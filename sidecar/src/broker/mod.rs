@@ -8,7 +8,8 @@
 //! session resume        --> [Broker]::recover --> ring / EVAL read.lua --> events or a reset
 //! ```
 //!
-//! How the sidecar reaches a production Redis lives in one file per concern:
+//! One file per concern:
+//! - [`history`], [`id`]: event history per group and its ids (resume, reset).
 //! - [`options`]: the TLS / Sentinel / Cluster flags and their validation.
 //! - [`tls`]: CA bundle, client certificate, insecure mode (rustls through redis-rs).
 //! - [`endpoint`]: one server, the Sentinel master, or a Cluster, as the source connects to it.
