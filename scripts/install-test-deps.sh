@@ -5,6 +5,9 @@ set -euo pipefail
 
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# redis-cli creates the Redis Cluster of tests/tests/redis_cluster.rs (Sentinel runs as
+# `redis-server --sentinel`, TLS as `redis-server --tls-port`: both in redis-server).
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 # Headless browser for the local-mode demo test (tests/tests/demo_browser.rs).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ "${#need[@]}" -gt 0 ]; then

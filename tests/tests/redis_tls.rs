@@ -346,3 +346,37 @@ fn unreadable_or_bad_tls_files_exit_2_naming_the_flag() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--redis-ca-file"), "{stderr}");
 }
+
+/// The keep-alive PING (every 5 s) in subscribe mode over TLS and RESP3 (`?protocol=resp3`),
+/// where PING is answered with `PONG` rather than RESP2's `["pong", ""]`: two ticks pass with
+/// events flowing, no reconnect, nothing lost.
+#[tokio::test]
+async fn keep_alive_holds_over_tls_with_resp3() {
+    let pki = Pki::new();
+    let (redis, tls_port) = pki.server(false).await;
+    let app = App::start().await;
+    let url = format!("{}/?protocol=resp3", tls_url(tls_port));
+    let sc = Sidecar::start(&[
+        "--auth",
+        "none",
+        "--upstream",
+        &app.url(),
+        "--redis-url",
+        &url,
+        "--redis-ca-file",
+        &pki.ca,
+    ])
+    .await;
+    let mut a = connect(&sc.ws_url("groups=k")).await;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(11);
+    let mut n = 0;
+    while std::time::Instant::now() < until {
+        assert_eq!(redis.publish("taskstream:k", n.to_string()).await, 1);
+        assert_eq!(recv_text(&mut a).await, n.to_string());
+        n += 1;
+        // Pacing of the publisher, not synchronisation: each event is awaited above.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(sc.metric("taskstream_redis_reconnects_total").await, 0.0);
+    sc.stop().await;
+}

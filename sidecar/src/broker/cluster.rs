@@ -157,6 +157,7 @@ pub async fn run(
         };
         connected_once = true;
         let ended = session.serve(&health, &metrics, &shutdown).await;
+        connected_once = true;
         health.set_broker_up(false);
         metrics.broker_up.set(0);
         hub.set_confirmed(session.subscribed.iter().map(String::as_str), false);
@@ -240,6 +241,11 @@ impl ClusterSession<'_> {
             self.hub.resubscribed();
         }
         metrics.broker_up.set(1);
+        if self.reconnected {
+            // As in the single-server loop: history reads from now on are followed by live
+            // events without a gap.
+            self.hub.resubscribed();
+        }
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.reset();
