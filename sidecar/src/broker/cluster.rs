@@ -155,7 +155,6 @@ pub async fn run(
             subscribed: BTreeSet::new(),
             reconnected: connected_once,
         };
-        connected_once = true;
         let ended = session.serve(&health, &metrics, &shutdown).await;
         connected_once = true;
         health.set_broker_up(false);
@@ -236,10 +235,6 @@ impl ClusterSession<'_> {
         }
         info!(redis = %self.broker.display, groups = self.subscribed.len(), "redis cluster subscribed");
         health.set_broker_up(true);
-        if self.reconnected {
-            // Live again: taskstream.v1 sessions catch up on what pub/sub dropped meanwhile.
-            self.hub.resubscribed();
-        }
         metrics.broker_up.set(1);
         if self.reconnected {
             // As in the single-server loop: history reads from now on are followed by live
