@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use http::Uri;
 
+use crate::broker::history::HistoryConfig;
 use crate::error::ConfigError;
 
 /// How WebSocket clients are authenticated and given their groups.
@@ -62,6 +63,15 @@ pub struct Args {
     /// Admin address: /healthz, /readyz, /metrics, POST /publish/<group>. Keep it inside the pod.
     #[arg(long, env = "TASKSTREAM_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     pub admin_listen: SocketAddr,
+
+    /// Accept `POST /publish/<group>` on the admin port from any peer, not only loopback (the
+    /// app in the same pod). Probes and /metrics are reachable from anywhere either way.
+    #[arg(
+        long,
+        env = "TASKSTREAM_PUBLISH_ALLOW_REMOTE",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub publish_allow_remote: bool,
 
     /// The app every non-WebSocket request is proxied to.
     #[arg(
@@ -146,6 +156,11 @@ pub struct Args {
     #[arg(long, env = "TASKSTREAM_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,
 
+    /// Largest event relayed to clients; bigger ones are dropped and counted
+    /// (`taskstream_events_dropped_total{reason="TooLarge"}`). Also the limit of `POST /publish`.
+    #[arg(long, env = "TASKSTREAM_MAX_EVENT_BYTES", default_value_t = 1024 * 1024)]
+    pub max_event_bytes: usize,
+
     /// Events queued per client before it counts as too slow and is closed with 1013.
     #[arg(long, env = "TASKSTREAM_SEND_QUEUE", default_value_t = 256)]
     pub send_queue: usize,
@@ -157,6 +172,21 @@ pub struct Args {
     /// On SIGTERM, how long in-flight proxied requests and closing clients get before exit.
     #[arg(long, env = "TASKSTREAM_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// Make `/readyz` also require the broker (Redis) connection. Off by default: a Redis
+    /// outage then keeps the pod in the Service, so the app's plain HTTP keeps working
+    /// (`/readyz/broker` and `taskstream_broker_up` report the broker).
+    #[arg(long, env = "TASKSTREAM_READY_REQUIRES_BROKER", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub ready_requires_broker: bool,
+
+    /// Events kept per group for clients that resume with `last_id` (0 = no history). Needs
+    /// `--redis-protocol pubsub` (or `--broker memory`).
+    #[arg(long, env = "TASKSTREAM_HISTORY_SIZE", default_value_t = 0)]
+    pub history_size: usize,
+
+    /// A group's history expires this long after its last event.
+    #[arg(long, env = "TASKSTREAM_HISTORY_TTL", default_value = "10m", value_parser = parse_duration)]
+    pub history_ttl: Duration,
 
     /// Log format.
     #[arg(
@@ -190,6 +220,7 @@ impl std::fmt::Debug for JwtKey {
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    pub publish_allow_remote: bool,
     pub upstream: Uri,
     pub ws_path: String,
     pub broker: BrokerConfig,
@@ -197,9 +228,13 @@ pub struct Config {
     pub allowed_origins: AllowedOrigins,
     pub max_connections: usize,
     pub max_message_bytes: usize,
+    pub max_event_bytes: usize,
     pub send_queue: usize,
     pub ping_interval: Duration,
     pub shutdown_grace: Duration,
+    pub ready_requires_broker: bool,
+    /// `--history-size` > 0: events are kept for resume.
+    pub history: Option<HistoryConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -372,8 +407,44 @@ impl Args {
                 "must be at least 125 (a control frame)",
             ));
         }
+        if self.max_event_bytes == 0 || self.max_event_bytes > 64 * 1024 * 1024 {
+            return Err(ConfigError::new(
+                "--max-event-bytes",
+                "must be between 1 and 67108864 (64 MiB)",
+            ));
+        }
         if self.send_queue == 0 {
             return Err(ConfigError::new("--send-queue", "must be at least 1"));
+        }
+        let history = match self.history_size {
+            0 => None,
+            size if size > 100_000 => {
+                return Err(ConfigError::new(
+                    "--history-size",
+                    "at most 100000 events per group",
+                ));
+            }
+            size => Some(HistoryConfig {
+                size,
+                ttl: self.history_ttl,
+            }),
+        };
+        if history.is_some() {
+            if self.history_ttl < Duration::from_secs(1) {
+                return Err(ConfigError::new("--history-ttl", "must be at least 1s"));
+            }
+            if matches!(
+                &broker,
+                BrokerConfig::Redis {
+                    protocol: Protocol::Channels(_),
+                    ..
+                }
+            ) {
+                return Err(ConfigError::new(
+                    "--history-size",
+                    "history needs --redis-protocol pubsub: the Django Channels layers are at-most-once (publish with the taskstream script instead; see the README)",
+                ));
+            }
         }
         if self.ping_interval.is_zero() {
             return Err(ConfigError::new("--ping-interval", "must be above zero"));
@@ -381,6 +452,7 @@ impl Args {
         Ok(Config {
             listen: self.listen,
             admin_listen: self.admin_listen,
+            publish_allow_remote: self.publish_allow_remote,
             upstream,
             ws_path: self.ws_path,
             broker,
@@ -388,9 +460,12 @@ impl Args {
             allowed_origins,
             max_connections: self.max_connections,
             max_message_bytes: self.max_message_bytes,
+            max_event_bytes: self.max_event_bytes,
             send_queue: self.send_queue,
             ping_interval: self.ping_interval,
             shutdown_grace: self.shutdown_grace,
+            ready_requires_broker: self.ready_requires_broker,
+            history,
         })
     }
 }

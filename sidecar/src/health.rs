@@ -1,16 +1,28 @@
 //! Liveness and readiness state, shared by the admin server, the broker and shutdown.
+//!
+//! `/readyz` says whether the pod can serve: listening and not shutting down. The broker's state
+//! is reported apart (`/readyz/broker`, `taskstream_broker_up`), so a Redis outage does not take
+//! the app's plain HTTP out of the Service; `--ready-requires-broker` ties the two together again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// `/readyz` is 200 only while the broker is connected and the sidecar is not shutting down.
 #[derive(Debug, Default)]
 pub struct Health {
     broker_up: AtomicBool,
     broker_ever_up: AtomicBool,
     shutting_down: AtomicBool,
+    /// `--ready-requires-broker`: `/readyz` also needs the broker connected.
+    requires_broker: bool,
 }
 
 impl Health {
+    pub fn new(requires_broker: bool) -> Self {
+        Self {
+            requires_broker,
+            ..Self::default()
+        }
+    }
+
     pub fn set_broker_up(&self, up: bool) {
         if up {
             self.broker_ever_up.store(true, Ordering::Release);
@@ -36,8 +48,9 @@ impl Health {
         self.shutting_down.load(Ordering::Acquire)
     }
 
+    /// Whether `/readyz` answers 200.
     pub fn ready(&self) -> bool {
-        self.broker_up() && !self.shutting_down()
+        !self.shutting_down() && (!self.requires_broker || self.broker_up())
     }
 }
 
@@ -46,8 +59,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ready_without_broker_by_default() {
+        let h = Health::new(false);
+        assert!(h.ready(), "serving does not wait for Redis");
+        h.set_broker_up(true);
+        h.set_broker_up(false);
+        assert!(h.ready(), "a Redis outage keeps the pod ready");
+        h.set_shutting_down();
+        assert!(!h.ready());
+    }
+
+    #[test]
     fn broker_is_lost_only_after_it_was_up() {
-        let h = Health::default();
+        let h = Health::new(true);
         assert!(!h.ready());
         assert!(!h.broker_lost(), "not known down at start-up");
         h.set_broker_up(true);

@@ -16,10 +16,43 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use std::sync::OnceLock;
+
 use tokio::sync::{Notify, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::broker::id::StreamId;
 use crate::metrics::{DropReason, Metrics};
+use crate::protocol;
+
+/// One event as the hub fans it out, shared by every client of its group.
+#[derive(Debug)]
+pub struct Event {
+    pub group: Box<str>,
+    /// Set for events published with history.
+    pub id: Option<StreamId>,
+    /// What clients without the `taskstream.v1` subprotocol get, verbatim.
+    pub payload: Utf8Bytes,
+    /// The `taskstream.v1` frame, made once for all the clients that want it.
+    v1: OnceLock<Utf8Bytes>,
+}
+
+impl Event {
+    pub fn new(group: &str, id: Option<StreamId>, payload: Utf8Bytes) -> Arc<Self> {
+        Arc::new(Self {
+            group: group.into(),
+            id,
+            payload,
+            v1: OnceLock::new(),
+        })
+    }
+
+    /// `{"type":"event","group":..,"id":..,"data":..}`.
+    pub fn v1_frame(&self) -> &Utf8Bytes {
+        self.v1
+            .get_or_init(|| protocol::event_frame(&self.group, self.id, &self.payload))
+    }
+}
 
 /// Group -> local subscribers.
 pub struct Hub {
@@ -28,6 +61,8 @@ pub struct Hub {
     confirmed: watch::Sender<u64>,
     next_id: AtomicU64,
     queue: usize,
+    /// `--max-event-bytes`: larger events are dropped, so a client's write buffer stays bounded.
+    max_event: usize,
     /// With the in-memory broker there is nothing to subscribe to: every group is live at once.
     auto_confirm: bool,
     metrics: Metrics,
@@ -50,7 +85,7 @@ struct Subscriber {
 /// first event and gives memory back when drained, which keeps an idle connection about 1 KB
 /// smaller (an mpsc channel allocates its first 32-slot block up front).
 pub struct Queue {
-    events: Mutex<VecDeque<Utf8Bytes>>,
+    events: Mutex<VecDeque<Arc<Event>>>,
     capacity: usize,
     /// Woken on every push, and once when the queue overflows.
     ready: Notify,
@@ -73,7 +108,7 @@ impl Queue {
     }
 
     /// Never waits: a full queue marks the client lagging instead.
-    fn push(&self, event: &Utf8Bytes) -> bool {
+    fn push(&self, event: &Arc<Event>) -> bool {
         {
             let mut q = self.events.lock().unwrap_or_else(|e| e.into_inner());
             if q.len() >= self.capacity {
@@ -90,7 +125,7 @@ impl Queue {
     }
 
     /// The next event, if one is queued.
-    pub fn try_pop(&self) -> Option<Utf8Bytes> {
+    pub fn try_pop(&self) -> Option<Arc<Event>> {
         let mut q = self.events.lock().unwrap_or_else(|e| e.into_inner());
         let event = q.pop_front();
         if q.is_empty() && q.capacity() > KEEP_SLOTS {
@@ -100,7 +135,7 @@ impl Queue {
     }
 
     /// Waits for the next event; `None` once the client lagged (the queue overflowed).
-    pub async fn pop(&self) -> Option<Utf8Bytes> {
+    pub async fn pop(&self) -> Option<Arc<Event>> {
         loop {
             if self.is_lagged() {
                 return None;
@@ -144,8 +179,9 @@ pub struct Membership {
 }
 
 impl Hub {
-    pub fn new(queue: usize, auto_confirm: bool, metrics: Metrics) -> Arc<Self> {
+    pub fn new(queue: usize, max_event: usize, auto_confirm: bool, metrics: Metrics) -> Arc<Self> {
         Arc::new(Self {
+            max_event,
             groups: RwLock::new(HashMap::new()),
             changed: Notify::new(),
             confirmed: watch::channel(0).0,
@@ -209,19 +245,36 @@ impl Hub {
         }
     }
 
-    /// Queues `payload` to every local client of `group`; returns how many got it.
+    /// Queues `payload` (live only, no id) to every local client of `group`; returns how many
+    /// got it.
     pub fn publish(&self, group: &str, payload: &Utf8Bytes) -> usize {
+        self.publish_event(group, None, payload.clone())
+    }
+
+    /// Queues an event to every local client of `group`; returns how many got it.
+    pub fn publish_event(&self, group: &str, id: Option<StreamId>, payload: Utf8Bytes) -> usize {
         self.metrics.events_received.inc();
+        if payload.len() > self.max_event {
+            self.metrics.dropped(DropReason::TooLarge);
+            tracing::warn!(
+                group,
+                bytes = payload.len(),
+                limit = self.max_event,
+                "dropped an event larger than --max-event-bytes; publish less, or raise the limit"
+            );
+            return 0;
+        }
         let map = self.groups.read().unwrap_or_else(|e| e.into_inner());
         let Some(entry) = map.get(group) else {
             return 0;
         };
+        let event = Event::new(group, id, payload);
         let mut delivered = 0;
         for s in &entry.subscribers {
             if s.queue.is_lagged() {
                 continue;
             }
-            if s.queue.push(payload) {
+            if s.queue.push(&event) {
                 delivered += 1;
             } else {
                 self.metrics.dropped(DropReason::SlowClient);
@@ -305,7 +358,7 @@ mod tests {
     use super::*;
 
     fn hub(queue: usize) -> Arc<Hub> {
-        Hub::new(queue, true, Metrics::default())
+        Hub::new(queue, 1 << 20, true, Metrics::default())
     }
 
     #[tokio::test]
@@ -317,9 +370,9 @@ mod tests {
         assert_eq!(hub.publish("g1", &"one".into()), 2);
         assert_eq!(hub.publish("g2", &"two".into()), 1);
         assert_eq!(hub.publish("nobody", &"x".into()), 0);
-        assert_eq!(a.queue.pop().await.unwrap(), "one");
-        assert_eq!(b.queue.pop().await.unwrap(), "one");
-        assert_eq!(b.queue.pop().await.unwrap(), "two");
+        assert_eq!(a.queue.pop().await.unwrap().payload, "one");
+        assert_eq!(b.queue.pop().await.unwrap().payload, "one");
+        assert_eq!(b.queue.pop().await.unwrap().payload, "two");
         assert!(a.queue.try_pop().is_none());
         assert!(c.queue.try_pop().is_none());
     }
@@ -347,13 +400,12 @@ mod tests {
         let fast = hub.join(vec!["g".into()]);
         for i in 0..5 {
             hub.publish("g", &format!("{i}").into());
-            assert_eq!(fast.queue.pop().await.unwrap(), format!("{i}"));
+            assert_eq!(fast.queue.pop().await.unwrap().payload, format!("{i}"));
         }
         assert!(slow.queue.is_lagged());
         assert!(!fast.queue.is_lagged());
-        assert_eq!(
-            slow.queue.pop().await,
-            None,
+        assert!(
+            slow.queue.pop().await.is_none(),
             "a lagged queue yields no more events"
         );
         assert_eq!(slow.queue.len(), 2, "queue stays at its bound");
@@ -368,7 +420,7 @@ mod tests {
         tokio::task::yield_now().await;
         hub.publish("g", &"wake".into());
         let got = tokio::time::timeout(Duration::from_secs(5), reader).await;
-        assert_eq!(got.unwrap().unwrap().as_deref(), Some("wake"));
+        assert_eq!(got.unwrap().unwrap().unwrap().payload, "wake");
         for i in 0..50 {
             hub.publish("g", &format!("{i}").into());
         }
@@ -380,7 +432,7 @@ mod tests {
 
     #[tokio::test]
     async fn confirmation_gates_until_source_confirms() {
-        let hub = Hub::new(4, false, Metrics::default());
+        let hub = Hub::new(4, 1 << 20, false, Metrics::default());
         let m = hub.join(vec!["a".into(), "b".into()]);
         assert!(!m.wait_confirmed(Duration::from_millis(20)).await);
         let h2 = hub.clone();

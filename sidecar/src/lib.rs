@@ -16,10 +16,12 @@ pub mod error;
 pub mod health;
 pub mod hub;
 pub mod metrics;
+pub mod protocol;
 pub mod proxy;
 pub mod redis;
 pub mod server;
 pub mod session;
+pub mod stall;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -62,9 +64,10 @@ pub async fn run(
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health::new(config.ready_requires_broker));
     let hub = Hub::new(
         config.send_queue,
+        config.max_event_bytes,
         matches!(config.broker, BrokerConfig::Memory),
         metrics.clone(),
     );
@@ -122,16 +125,18 @@ pub async fn run(
             Some((None, task))
         }
     };
-    let broker = match &broker_task {
-        Some((Some(redis), _)) => Broker::Redis(redis.clone()),
-        _ => Broker::Memory(hub.clone()),
-    };
+    let broker = Arc::new(match &broker_task {
+        Some((Some(redis), _)) => Broker::redis(redis.clone(), config.history, metrics.clone()),
+        _ => Broker::memory(hub.clone(), config.history, metrics.clone()),
+    });
 
     let admin_stop = CancellationToken::new();
     let admin = Arc::new(Admin {
         health: health.clone(),
         registry,
-        broker,
+        broker: broker.clone(),
+        max_event_bytes: config.max_event_bytes,
+        publish_allow_remote: config.publish_allow_remote,
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin, admin_stop.clone()));
 
@@ -139,6 +144,7 @@ pub async fn run(
         slots: Arc::new(Semaphore::new(config.max_connections)),
         config,
         hub,
+        broker,
         auth,
         upstream,
         metrics,

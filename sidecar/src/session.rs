@@ -7,7 +7,9 @@
 //! ```
 //!
 //! The session never blocks the hub: if the client stops reading, writes stall, the queue fills,
-//! the hub marks the client lagging, and the session closes it with 1013.
+//! the hub marks the client lagging, and the session closes it with 1013. What tungstenite writes
+//! on its own (pongs, the close reply) sits in its bounded write buffer; a client that keeps
+//! pinging while not reading is closed with 1008 once it is owed more than [`OWED_LIMIT`].
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,28 +21,54 @@ use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, info};
 
-use crate::hub::Membership;
+use crate::broker::history::{Recovery, ResetReason};
+use crate::broker::id::StreamId;
+use crate::hub::{Event, Membership};
 use crate::metrics::CloseReason;
+use crate::protocol;
 use crate::server::Shared;
+use crate::stall::{Stall, StallFlag};
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
+type Ws = WebSocketStream<Stall<TokioIo<Upgraded>>>;
 
 /// Events written per flush, so a burst costs one syscall rather than one per event.
 const BATCH: usize = 64;
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pong bytes a client may be owed while our writes to it are stalled (it pings but does not
+/// read); past this it is closed with 1008. Also the slack of the write buffer above one event.
+pub const OWED_LIMIT: usize = 64 * 1024;
+
+/// What the handshake settled for this client.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// It speaks `taskstream.v1`: JSON frames with ids, resets.
+    pub v1: bool,
+    /// `last_id` per group: deliver what it missed first.
+    pub resume: Vec<(String, StreamId)>,
+    /// The broker confirmed its subscriptions before the 101 (every later event is live).
+    pub confirmed: bool,
+    pub user: Option<String>,
+}
 
 /// Serves one client until it leaves, lags, goes silent or the sidecar shuts down.
 pub async fn run(
     ws: Ws,
+    stall: StallFlag,
     membership: Membership,
     shared: &Shared,
     peer: SocketAddr,
-    user: Option<String>,
+    options: Options,
 ) {
+    let Options {
+        v1,
+        resume,
+        confirmed,
+        user,
+    } = options;
     let metrics = &shared.metrics;
     metrics.connections.inc();
     debug!(%peer, user = user.as_deref().unwrap_or("-"), groups = ?membership.groups(), "client connected");
@@ -49,11 +77,60 @@ pub async fn run(
     let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
+    // Pong bytes owed since our writes stalled.
+    let mut owed = 0usize;
     let queue = membership.queue.clone();
     // Registered once for the whole session: every session waits on the same token, and a
     // future made anew per loop would re-register with it for every event.
     let shutdown = shared.shutdown.cancelled();
     tokio::pin!(shutdown);
+
+    // Missed events first; live ones wait in the queue meanwhile (subscribed before the 101).
+    let mut floors = Vec::new();
+    if !resume.is_empty() {
+        let caught_up = tokio::select! {
+            r = tokio::time::timeout(interval, recover(&mut sink, shared, resume, confirmed)) => r,
+            _ = &mut shutdown => Ok(Err(WsError::ConnectionClosed)),
+        };
+        match caught_up {
+            Ok(Ok(f)) => floors = f,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "client went away while catching up");
+                close(&mut sink, CloseCode::Away, "reconnect").await;
+                metrics.closed(CloseReason::Gone);
+                metrics.connections.dec();
+                return;
+            }
+            Err(_) => {
+                info!(%peer, "client did not take its missed events within a ping interval; closing");
+                close(
+                    &mut sink,
+                    CloseCode::Again,
+                    "too slow catching up, reconnect",
+                )
+                .await;
+                metrics.closed(CloseReason::SlowClient);
+                metrics.connections.dec();
+                return;
+            }
+        }
+    }
+    let frame = |ev: &Event, floors: &mut Vec<(String, StreamId)>| -> Option<Utf8Bytes> {
+        if let Some(id) = ev.id
+            && let Some(pos) = floors.iter().position(|(g, _)| **g == *ev.group)
+        {
+            if id <= floors[pos].1 {
+                return None; // already delivered from history
+            }
+            // Past the seam: the group's live ids only grow from here.
+            floors.swap_remove(pos);
+        }
+        Some(if v1 {
+            ev.v1_frame().clone()
+        } else {
+            ev.payload.clone()
+        })
+    };
 
     let reason = loop {
         tokio::select! {
@@ -69,11 +146,39 @@ pub async fn run(
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
                     break CloseReason::Client;
                 }
+                Some(Ok(Message::Ping(p))) => {
+                    last_seen = Instant::now();
+                    if !stall.is_stalled() {
+                        owed = 0;
+                    } else {
+                        owed += p.len() + 2;
+                        if owed > OWED_LIMIT {
+                            info!(%peer, owed, "closing a client that pings but does not read (its pongs would pile up)");
+                            close(&mut sink, CloseCode::Policy, "not reading: unsent data over the limit").await;
+                            break CloseReason::Unread;
+                        }
+                    }
+                }
                 Some(Ok(_)) => last_seen = Instant::now(),
                 Some(Err(WsError::Capacity(e))) => {
                     debug!(%peer, error = %e, "client frame too big");
                     close(&mut sink, CloseCode::Size, "message too big").await;
                     break CloseReason::TooBig;
+                }
+                Some(Err(WsError::Utf8(_))) => {
+                    debug!(%peer, "client sent a text frame that is not UTF-8");
+                    close(&mut sink, CloseCode::Invalid, "text frame is not UTF-8").await;
+                    break CloseReason::InvalidUtf8;
+                }
+                Some(Err(WsError::Protocol(e))) => {
+                    debug!(%peer, error = %e, "client broke the WebSocket protocol");
+                    close(&mut sink, CloseCode::Protocol, "protocol error").await;
+                    break CloseReason::Protocol;
+                }
+                Some(Err(WsError::WriteBufferFull(_))) => {
+                    debug!(%peer, "client does not read; write buffer full");
+                    close(&mut sink, CloseCode::Policy, "not reading: unsent data over the limit").await;
+                    break CloseReason::Unread;
                 }
                 Some(Err(e)) => {
                     debug!(%peer, error = %e, "client connection error");
@@ -86,10 +191,16 @@ pub async fn run(
                     break CloseReason::SlowClient;
                 };
                 let write = async {
-                    sink.feed(Message::Text(first)).await?;
+                    if let Some(f) = frame(&first, &mut floors) {
+                        sink.feed(Message::Text(f)).await?;
+                    }
                     for _ in 1..BATCH {
                         match queue.try_pop() {
-                            Some(next) => sink.feed(Message::Text(next)).await?,
+                            Some(next) => {
+                                if let Some(f) = frame(&next, &mut floors) {
+                                    sink.feed(Message::Text(f)).await?;
+                                }
+                            }
                             None => break,
                         }
                     }
@@ -103,9 +214,14 @@ pub async fn run(
                 };
                 match outcome {
                     Some(Ok(())) => {}
+                    Some(Err(WsError::WriteBufferFull(_))) => {
+                        debug!(%peer, "client does not read; write buffer full");
+                        close(&mut sink, CloseCode::Policy, "not reading: unsent data over the limit").await;
+                        break CloseReason::Unread;
+                    }
                     Some(Err(e)) => {
                         debug!(%peer, error = %e, "write to client failed");
-                        break CloseReason::Protocol;
+                        break CloseReason::Gone;
                     }
                     None if queue.is_lagged() => {
                         close(&mut sink, CloseCode::Again, "too slow: events were dropped, reconnect").await;
@@ -132,6 +248,46 @@ pub async fn run(
     metrics.closed(reason);
     metrics.connections.dec();
     debug!(%peer, ?reason, "client disconnected");
+}
+
+/// Sends each resumed group's missed events (or a reset); returns the last id sent per group,
+/// below which live copies are duplicates.
+async fn recover<S>(
+    sink: &mut S,
+    shared: &Shared,
+    resume: Vec<(String, StreamId)>,
+    confirmed: bool,
+) -> Result<Vec<(String, StreamId)>, WsError>
+where
+    S: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    let mut floors = Vec::with_capacity(resume.len());
+    for (group, last) in resume {
+        // Without a confirmed subscription, events published after the read could be lost.
+        let recovery = if confirmed {
+            shared.broker.recover(&group, last).await
+        } else {
+            shared.metrics.history_reset(ResetReason::Unavailable);
+            Recovery::Reset(ResetReason::Unavailable)
+        };
+        match recovery {
+            Recovery::Events(events) => {
+                let mut floor = last;
+                for (id, payload) in events {
+                    let f = protocol::event_frame(&group, Some(id), &payload);
+                    sink.feed(Message::Text(f)).await?;
+                    floor = id;
+                }
+                floors.push((group, floor));
+            }
+            Recovery::Reset(reason) => {
+                sink.feed(Message::Text(protocol::reset_frame(&group, reason)))
+                    .await?;
+            }
+        }
+    }
+    sink.flush().await?;
+    Ok(floors)
 }
 
 /// Sends a close frame, bounded in time: a client that does not read must not hold us.

@@ -100,6 +100,30 @@ impl GroupSender {
             .await;
     }
 
+    /// `group_send(group, {"type": "seq", "data": {"seq": i}})` for i = 0.. at a steady `rate`
+    /// per second for `seconds`; returns how many were sent.
+    pub async fn stream(&mut self, group: &str, seconds: u64, rate: u32) -> u64 {
+        let mut line = serde_json::json!({"group": group, "stream_seconds": seconds, "rate": rate})
+            .to_string();
+        line.push('\n');
+        self.stdin
+            .write_all(line.as_bytes())
+            .await
+            .expect("write to sender.py");
+        let answer = tokio::time::timeout(
+            WAIT + std::time::Duration::from_secs(seconds),
+            self.lines.next_line(),
+        )
+        .await
+        .expect("sender.py streamed within its time")
+        .expect("read sender.py stdout")
+        .unwrap_or_default();
+        answer
+            .strip_prefix("ok ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("sender.py answered {answer:?} (see its stderr above)"))
+    }
+
     /// `group_send(group, eval(python))`, for values JSON cannot carry (bytes, NaN, int keys).
     pub async fn send_python(&mut self, group: &str, python: &str) {
         self.request(serde_json::json!({"group": group, "eval": python}))

@@ -197,7 +197,7 @@ async fn core_layer_joins_and_leaves_groups_with_its_clients() {
 async fn core_layer_survives_flushall_and_redis_restart() {
     let mut redis = RedisServer::start().await;
     let sc = sidecar(&redis, Layer::Core, &[]).await;
-    sc.wait_ready(200).await;
+    sc.wait_broker(200).await;
     let mut a = connect(&sc.ws_url("groups=user_1_tasks")).await;
     let mut send = GroupSender::start(Layer::Core, &[redis.url()], &[]).await;
     send.send("user_1_tasks", progress("t", 1)).await;
@@ -215,9 +215,9 @@ async fn core_layer_survives_flushall_and_redis_restart() {
 
     // A restart (no persistence: everything gone, connections dropped).
     redis.kill();
-    sc.wait_ready(503).await;
+    sc.wait_broker(503).await;
     redis.restart().await;
-    sc.wait_ready(200).await;
+    sc.wait_broker(200).await;
     joined(&redis, "user_1_tasks").await; // re-joined after restart
     // A new sender process, as a Celery worker would reconnect.
     let mut send = GroupSender::start(Layer::Core, &[redis.url()], &[]).await;

@@ -151,3 +151,99 @@ async fn a_silent_client_is_dropped_after_two_ping_intervals() {
     reader.abort();
     sc.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_pings_but_never_reads_is_closed_and_memory_stays_flat() {
+    use futures_util::SinkExt;
+    use taskstream_tests::sidecar::{SidecarProcess, ws_url};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let redis = RedisServer::start().await;
+    let sc = SidecarProcess::spawn(&["--auth", "none", "--redis-url", &redis.url()]).await;
+    let mut flooder = connect(&ws_url(sc.public, "groups=g")).await;
+    let rss_before = sc.rss_kib();
+    // 125-byte pings, never reading the pongs; at most 64 MiB of them.
+    let ping = Message::Ping(vec![b'p'; 125].into());
+    let mut sent = 0usize;
+    let cut_off = loop {
+        if sent >= 64 << 20 {
+            break false;
+        }
+        let r = tokio::time::timeout(taskstream_tests::WAIT, async {
+            for _ in 0..256 {
+                flooder.feed(ping.clone()).await?;
+            }
+            flooder.flush().await
+        })
+        .await;
+        match r {
+            Ok(Ok(())) => sent += 256 * 127,
+            // The sidecar closed the connection (or stopped reading it): the flood is over.
+            Ok(Err(_)) | Err(_) => break true,
+        }
+    };
+    let rss_after = sc.rss_kib();
+    eprintln!(
+        "ping flood: {} KiB sent before the cut-off; sidecar RSS {rss_before} -> {rss_after} KiB",
+        sent / 1024
+    );
+    assert!(
+        cut_off,
+        "the sidecar never closed a client flooding pings ({sent} bytes)"
+    );
+    assert!(
+        rss_after < rss_before + 8 * 1024,
+        "sidecar RSS grew from {rss_before} to {rss_after} KiB under a ping flood"
+    );
+    let admin = sc.admin;
+    eventually("the flooder is counted as not reading", || async move {
+        let text = taskstream_tests::upstream::http_get(&format!("http://{admin}/metrics"))
+            .await
+            .1;
+        (taskstream_tests::sidecar::metric_value(
+            &text,
+            "taskstream_connections_closed_total{reason=\"Unread\"}",
+        ) == 1.0)
+            .then_some(())
+    })
+    .await;
+    // Everyone else is still served.
+    let mut other = connect(&ws_url(sc.public, "groups=g")).await;
+    redis.publish("taskstream:g", "still here").await;
+    assert_eq!(recv_text(&mut other).await, "still here");
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_with_1007_and_protocol_errors_with_1002() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    let redis = RedisServer::start().await;
+    let app = App::start().await;
+    let sc = sidecar(&redis, &app, &[]).await;
+
+    let mut bad_text = connect(&sc.ws_url("groups=g")).await;
+    let frame = Frame::message(vec![0xff_u8, 0xfe, 0xfd], OpCode::Data(Data::Text), true);
+    bad_text.send(Message::Frame(frame)).await.expect("send");
+    assert_eq!(recv_close(&mut bad_text).await, Some(CloseCode::Invalid));
+
+    let mut bad_opcode = connect(&sc.ws_url("groups=g")).await;
+    let frame = Frame::message(b"x".to_vec(), OpCode::Data(Data::Reserved(3)), true);
+    bad_opcode.send(Message::Frame(frame)).await.expect("send");
+    assert_eq!(recv_close(&mut bad_opcode).await, Some(CloseCode::Protocol));
+
+    eventually("both counted", || async {
+        (sc.metric("taskstream_connections_closed_total{reason=\"InvalidUtf8\"}")
+            .await
+            == 1.0
+            && sc
+                .metric("taskstream_connections_closed_total{reason=\"Protocol\"}")
+                .await
+                == 1.0)
+            .then_some(())
+    })
+    .await;
+    sc.stop().await;
+}

@@ -1,9 +1,10 @@
 //! Relay from a real redis-server to real WebSocket clients through the sidecar.
 
+use taskstream_tests::eventually;
 use taskstream_tests::redis_server::RedisServer;
 use taskstream_tests::sidecar::Sidecar;
+use taskstream_tests::upstream::{App, http_get};
 use taskstream_tests::ws::{connect, recv_text};
-use taskstream_tests::{eventually, upstream::App};
 
 async fn sidecar(redis: &RedisServer, app: &App) -> Sidecar {
     Sidecar::start(&[
@@ -98,16 +99,16 @@ async fn redis_restart_mid_stream_keeps_clients_and_resubscribes() {
     let mut redis = RedisServer::start().await;
     let app = App::start().await;
     let sc = sidecar(&redis, &app).await;
-    sc.wait_ready(200).await;
+    sc.wait_broker(200).await;
     let mut a = connect(&sc.ws_url("groups=g1")).await;
     let mut b = connect(&sc.ws_url("groups=g2")).await;
     redis.publish("taskstream:g1", "before").await;
     assert_eq!(recv_text(&mut a).await, "before");
 
     redis.kill();
-    sc.wait_ready(503).await;
+    sc.wait_broker(503).await;
     redis.restart().await;
-    sc.wait_ready(200).await;
+    sc.wait_broker(200).await;
     eventually("both groups resubscribed", || async {
         (redis.channels().await == vec!["taskstream:g1", "taskstream:g2"]).then_some(())
     })
@@ -130,17 +131,68 @@ async fn clients_connect_while_redis_is_down_and_receive_once_it_is_back() {
     let mut redis = RedisServer::start().await;
     let app = App::start().await;
     let sc = sidecar(&redis, &app).await;
-    sc.wait_ready(200).await;
+    sc.wait_broker(200).await;
     redis.kill();
-    sc.wait_ready(503).await;
+    sc.wait_broker(503).await;
     let mut a = connect(&sc.ws_url("groups=late")).await;
     redis.restart().await;
-    sc.wait_ready(200).await;
+    sc.wait_broker(200).await;
     eventually("late group subscribed", || async {
         (redis.channels().await == vec!["taskstream:late"]).then_some(())
     })
     .await;
     redis.publish("taskstream:late", "hello").await;
     assert_eq!(recv_text(&mut a).await, "hello");
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn redis_outage_keeps_the_pod_ready_and_the_app_reachable() {
+    let mut redis = RedisServer::start().await;
+    let app = App::start().await;
+    let sc = sidecar(&redis, &app).await;
+    let strict = Sidecar::start(&[
+        "--auth",
+        "none",
+        "--redis-url",
+        &redis.url(),
+        "--upstream",
+        &app.url(),
+        "--ready-requires-broker",
+    ])
+    .await;
+    sc.wait_broker(200).await;
+    strict.wait_ready(200).await;
+    let mut a = connect(&sc.ws_url("groups=g")).await;
+
+    redis.kill();
+    sc.wait_broker(503).await;
+    // Readiness follows the sidecar, not Redis: the pod stays in the Service...
+    assert_eq!(sc.readyz().await, 200);
+    // ...and plain HTTP still reaches the app through it.
+    let (status, body) = http_get(&format!("http://{}/echo/x", sc.public)).await;
+    assert_eq!(status, 200, "proxied request during the outage: {body}");
+    // `--ready-requires-broker` restores the old coupling.
+    strict.wait_ready(503).await;
+    assert_eq!(
+        sc.metric("taskstream_broker_up").await,
+        0.0,
+        "the broker's state is still reported"
+    );
+
+    redis.restart().await;
+    sc.wait_broker(200).await;
+    strict.wait_ready(200).await;
+    eventually("resubscribed", || async {
+        (redis.channels().await == vec!["taskstream:g"]).then_some(())
+    })
+    .await;
+    redis.publish("taskstream:g", "back").await;
+    assert_eq!(
+        recv_text(&mut a).await,
+        "back",
+        "the same client gets events again"
+    );
+    strict.stop().await;
     sc.stop().await;
 }

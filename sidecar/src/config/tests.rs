@@ -127,3 +127,20 @@ fn origins_parse() {
     .unwrap();
     assert_eq!(cfg.allowed_origins, AllowedOrigins::Any);
 }
+
+#[test]
+fn publish_is_loopback_only_unless_opened() {
+    let base = ["--auth", "none", "--broker", "memory"];
+    assert!(!args(&base).unwrap().publish_allow_remote);
+    let open = [&base[..], &["--publish-allow-remote"]].concat();
+    assert!(args(&open).unwrap().publish_allow_remote);
+    let cmd = <Args as clap::CommandFactory>::command();
+    let arg = cmd
+        .get_arguments()
+        .find(|a| a.get_id() == "publish_allow_remote")
+        .unwrap();
+    assert_eq!(
+        arg.get_env().and_then(|e| e.to_str()),
+        Some("TASKSTREAM_PUBLISH_ALLOW_REMOTE")
+    );
+}
