@@ -92,12 +92,10 @@ pub async fn serve(listener: TcpListener, args: Args) {
         },
         None => Publisher::admin(&args.publish_url),
     };
-    let via = args
-        .redis_url
-        .is_some()
-        .then_some("redis")
-        .unwrap_or(&args.publish_url)
-        .to_owned();
+    let via = match &args.redis_url {
+        Some(_) => "redis".to_owned(),
+        None => args.publish_url.clone(),
+    };
     let app = Arc::new(App {
         publisher,
         args,
