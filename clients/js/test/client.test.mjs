@@ -216,3 +216,12 @@ test("close() stops for good; connect() starts again", async () => {
   await s.next();
   await until(c, "live");
 });
+
+test("npm pack makes the package: the module, its types and the README", async () => {
+  const { execFileSync } = await import("node:child_process");
+  const out = execFileSync("npm", ["pack", "--dry-run", "--json"], { cwd: new URL("..", import.meta.url), encoding: "utf8" });
+  const [pack] = JSON.parse(out);
+  assert.equal(pack.name, "@taskstream/client");
+  assert.equal(pack.version, "0.1.0");
+  assert.deepEqual(pack.files.map((f) => f.path).sort(), ["README.md", "index.d.ts", "index.js", "package.json"]);
+});
