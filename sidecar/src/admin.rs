@@ -177,10 +177,14 @@ where
     };
     match admin.broker.publish(&group, body).await {
         Ok(Published { receivers, id }) => {
-            let answer = match id {
-                Some(id) => serde_json::json!({"receivers": receivers, "id": id.to_string()}),
-                None => serde_json::json!({"receivers": receivers}),
-            };
+            let mut answer = serde_json::Map::new();
+            if let Some(n) = receivers {
+                answer.insert("receivers".into(), n.into());
+            }
+            if let Some(id) = id {
+                answer.insert("id".into(), id.to_string().into());
+            }
+            let answer = serde_json::Value::Object(answer);
             text(StatusCode::OK, format!("{answer}\n"))
         }
         Err(e @ (PublishError::NotUtf8 | PublishError::Reserved)) => {

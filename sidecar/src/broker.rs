@@ -27,7 +27,7 @@ use id::StreamId;
 
 /// History reads in flight at once per sidecar: a reconnect storm queues here instead of
 /// flooding Redis, and other clients' live events never wait for it.
-const MAX_CONCURRENT_READS: usize = 64;
+const MAX_CONCURRENT_READS: usize = 16;
 
 /// Where events are published and history is read.
 pub struct Broker {
@@ -60,8 +60,9 @@ pub enum PublishError {
 /// The answer to a publish.
 #[derive(Debug)]
 pub struct Published {
-    /// Local clients (memory broker) or subscribed sidecars (Redis).
-    pub receivers: usize,
+    /// Local clients (memory broker) or subscribed sidecars (Redis); unknown when the history
+    /// script published it (it returns only the id).
+    pub receivers: Option<usize>,
     /// The event's id when it was stored in history.
     pub id: Option<StreamId>,
 }
@@ -108,7 +109,7 @@ impl Broker {
         let text = Utf8Bytes::try_from(payload).map_err(|_| PublishError::NotUtf8)?;
         match &self.source {
             Source::Memory { hub, history: None } => Ok(Published {
-                receivers: hub.publish(group, &text),
+                receivers: Some(hub.publish(group, &text)),
                 id: None,
             }),
             Source::Memory {
@@ -117,16 +118,18 @@ impl Broker {
             } => {
                 let (id, receivers) = ring.publish(hub, group, text);
                 Ok(Published {
-                    receivers,
+                    receivers: Some(receivers),
                     id: Some(id),
                 })
             }
             Source::Redis(redis) => match self.history {
                 None => Ok(Published {
-                    receivers: redis
-                        .publish(group, text.as_bytes())
-                        .await
-                        .map_err(PublishError::Redis)?,
+                    receivers: Some(
+                        redis
+                            .publish(group, text.as_bytes())
+                            .await
+                            .map_err(PublishError::Redis)?,
+                    ),
                     id: None,
                 }),
                 Some(h) => {
@@ -135,7 +138,7 @@ impl Broker {
                         .await
                         .map_err(PublishError::Redis)?;
                     Ok(Published {
-                        receivers: 0,
+                        receivers: None,
                         id: Some(id),
                     })
                 }

@@ -418,10 +418,10 @@ impl Args {
         }
         let history = match self.history_size {
             0 => None,
-            size if size > 100_000 => {
+            size if size > 10_000 => {
                 return Err(ConfigError::new(
                     "--history-size",
-                    "at most 100000 events per group",
+                    "at most 10000 events per group (a resume holds them in memory)",
                 ));
             }
             size => Some(HistoryConfig {

@@ -59,6 +59,9 @@ pub struct Hub {
     groups: RwLock<HashMap<String, Group>>,
     changed: Notify,
     confirmed: watch::Sender<u64>,
+    /// Bumped each time the broker re-made a lost subscription: `taskstream.v1` sessions then
+    /// catch up on what pub/sub dropped meanwhile (from history), or get a reset.
+    resubscribed: watch::Sender<u64>,
     next_id: AtomicU64,
     queue: usize,
     /// `--max-event-bytes`: larger events are dropped, so a client's write buffer stays bounded.
@@ -185,6 +188,7 @@ impl Hub {
             groups: RwLock::new(HashMap::new()),
             changed: Notify::new(),
             confirmed: watch::channel(0).0,
+            resubscribed: watch::channel(0).0,
             next_id: AtomicU64::new(1),
             queue,
             auto_confirm,
@@ -308,6 +312,16 @@ impl Hub {
             }
         }
         self.confirmed.send_modify(|n| *n += 1);
+    }
+
+    /// The broker re-made its subscriptions after losing them: events may have been missed.
+    pub fn resubscribed(&self) {
+        self.resubscribed.send_modify(|n| *n += 1);
+    }
+
+    /// Watches [`Hub::resubscribed`].
+    pub fn resubscriptions(&self) -> watch::Receiver<u64> {
+        self.resubscribed.subscribe()
     }
 
     /// Marks every subscription as not live (the broker connection dropped).

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod proxy;
 pub mod redis;
+pub mod resume;
 pub mod server;
 pub mod session;
 pub mod stall;

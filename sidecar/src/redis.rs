@@ -269,15 +269,16 @@ impl RedisBroker {
             if connected_once {
                 metrics.redis_reconnects.inc();
             }
-            connected_once = true;
             let (sink, stream) = pubsub.split();
             let mut session = Session {
                 broker: &self,
                 hub: &hub,
                 sink,
                 subscribed: BTreeSet::new(),
+                reconnected: connected_once,
             };
             let ended = session.serve(stream, &health, &metrics, &shutdown).await;
+            connected_once = true;
             health.set_broker_up(false);
             metrics.broker_up.set(0);
             // Only this connection's groups: with sharding, other connections keep theirs.
@@ -306,6 +307,8 @@ struct Session<'a> {
     hub: &'a Hub,
     sink: PubSubSink,
     subscribed: BTreeSet<String>,
+    /// A lost connection was re-made: pub/sub dropped whatever was published meanwhile.
+    reconnected: bool,
 }
 
 impl Session<'_> {
@@ -322,6 +325,11 @@ impl Session<'_> {
         info!(redis = %self.broker.display, groups = self.subscribed.len(), "redis subscribed");
         health.set_broker_up(true);
         metrics.broker_up.set(1);
+        if self.reconnected {
+            // Subscribed again first, so whatever a session reads from history now is followed
+            // by live events without a gap.
+            self.hub.resubscribed();
+        }
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.reset();

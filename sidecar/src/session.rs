@@ -24,11 +24,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, info};
 
-use crate::broker::history::{Recovery, ResetReason};
 use crate::broker::id::StreamId;
 use crate::hub::{Event, Membership};
 use crate::metrics::CloseReason;
-use crate::protocol;
+use crate::resume::{self as catchup, Positions};
 use crate::server::Shared;
 use crate::stall::{Stall, StallFlag};
 
@@ -86,50 +85,26 @@ pub async fn run(
     tokio::pin!(shutdown);
 
     // Missed events first; live ones wait in the queue meanwhile (subscribed before the 101).
-    let mut floors = Vec::new();
+    let mut positions = Positions::default();
     if !resume.is_empty() {
         let caught_up = tokio::select! {
-            r = tokio::time::timeout(interval, recover(&mut sink, shared, resume, confirmed)) => r,
+            r = tokio::time::timeout(interval, catchup::resume(&mut sink, &shared.broker, metrics, resume, confirmed, &mut positions)) => r,
             _ = &mut shutdown => Ok(Err(WsError::ConnectionClosed)),
         };
-        match caught_up {
-            Ok(Ok(f)) => floors = f,
-            Ok(Err(e)) => {
-                debug!(%peer, error = %e, "client went away while catching up");
-                close(&mut sink, CloseCode::Away, "reconnect").await;
-                metrics.closed(CloseReason::Gone);
-                metrics.connections.dec();
-                return;
-            }
-            Err(_) => {
-                info!(%peer, "client did not take its missed events within a ping interval; closing");
-                close(
-                    &mut sink,
-                    CloseCode::Again,
-                    "too slow catching up, reconnect",
-                )
-                .await;
-                metrics.closed(CloseReason::SlowClient);
-                metrics.connections.dec();
-                return;
-            }
+        if let Some(reason) = caught_up_or_close(&mut sink, caught_up, peer).await {
+            metrics.closed(reason);
+            metrics.connections.dec();
+            return;
         }
     }
-    let frame = |ev: &Event, floors: &mut Vec<(String, StreamId)>| -> Option<Utf8Bytes> {
-        if let Some(id) = ev.id
-            && let Some(pos) = floors.iter().position(|(g, _)| **g == *ev.group)
-        {
-            if id <= floors[pos].1 {
-                return None; // already delivered from history
-            }
-            // Past the seam: the group's live ids only grow from here.
-            floors.swap_remove(pos);
+    // v1 clients are caught up (or reset) when the broker re-made a lost subscription.
+    let mut resubscribed = v1.then(|| shared.hub.resubscriptions());
+    let groups = membership.groups().to_vec();
+    let frame = |ev: &Event, positions: &mut Positions| -> Option<Utf8Bytes> {
+        if !v1 {
+            return Some(ev.payload.clone());
         }
-        Some(if v1 {
-            ev.v1_frame().clone()
-        } else {
-            ev.payload.clone()
-        })
+        positions.admit(ev).then(|| ev.v1_frame().clone())
     };
 
     let reason = loop {
@@ -191,13 +166,13 @@ pub async fn run(
                     break CloseReason::SlowClient;
                 };
                 let write = async {
-                    if let Some(f) = frame(&first, &mut floors) {
+                    if let Some(f) = frame(&first, &mut positions) {
                         sink.feed(Message::Text(f)).await?;
                     }
                     for _ in 1..BATCH {
                         match queue.try_pop() {
                             Some(next) => {
-                                if let Some(f) = frame(&next, &mut floors) {
+                                if let Some(f) = frame(&next, &mut positions) {
                                     sink.feed(Message::Text(f)).await?;
                                 }
                             }
@@ -233,6 +208,15 @@ pub async fn run(
                     }
                 }
             }
+            _ = changed(&mut resubscribed) => {
+                let caught_up = tokio::select! {
+                    r = tokio::time::timeout(interval, catchup::catch_up(&mut sink, &shared.broker, metrics, &groups, &mut positions)) => r,
+                    _ = &mut shutdown => Ok(Err(WsError::ConnectionClosed)),
+                };
+                if let Some(reason) = caught_up_or_close(&mut sink, caught_up, peer).await {
+                    break reason;
+                }
+            }
             _ = ping.tick() => {
                 if last_seen.elapsed() > interval * 2 {
                     info!(%peer, silent_for = ?last_seen.elapsed(), "dropping a client silent for two ping intervals");
@@ -250,44 +234,39 @@ pub async fn run(
     debug!(%peer, ?reason, "client disconnected");
 }
 
-/// Sends each resumed group's missed events (or a reset); returns the last id sent per group,
-/// below which live copies are duplicates.
-async fn recover<S>(
+/// Resolves when the broker re-made its subscriptions (never for `None`).
+async fn changed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    if let Some(rx) = rx
+        && rx.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// Ends the session when catching up failed: the client went away, or it did not take its
+/// missed events within a ping interval.
+async fn caught_up_or_close<S>(
     sink: &mut S,
-    shared: &Shared,
-    resume: Vec<(String, StreamId)>,
-    confirmed: bool,
-) -> Result<Vec<(String, StreamId)>, WsError>
+    outcome: Result<Result<(), WsError>, tokio::time::error::Elapsed>,
+    peer: SocketAddr,
+) -> Option<CloseReason>
 where
-    S: futures_util::Sink<Message, Error = WsError> + Unpin,
+    S: futures_util::Sink<Message> + Unpin,
 {
-    let mut floors = Vec::with_capacity(resume.len());
-    for (group, last) in resume {
-        // Without a confirmed subscription, events published after the read could be lost.
-        let recovery = if confirmed {
-            shared.broker.recover(&group, last).await
-        } else {
-            shared.metrics.history_reset(ResetReason::Unavailable);
-            Recovery::Reset(ResetReason::Unavailable)
-        };
-        match recovery {
-            Recovery::Events(events) => {
-                let mut floor = last;
-                for (id, payload) in events {
-                    let f = protocol::event_frame(&group, Some(id), &payload);
-                    sink.feed(Message::Text(f)).await?;
-                    floor = id;
-                }
-                floors.push((group, floor));
-            }
-            Recovery::Reset(reason) => {
-                sink.feed(Message::Text(protocol::reset_frame(&group, reason)))
-                    .await?;
-            }
+    match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "client went away while catching up");
+            close(sink, CloseCode::Away, "reconnect").await;
+            Some(CloseReason::Gone)
+        }
+        Err(_) => {
+            info!(%peer, "client did not take its missed events within a ping interval; closing");
+            close(sink, CloseCode::Again, "too slow catching up, reconnect").await;
+            Some(CloseReason::SlowClient)
         }
     }
-    sink.flush().await?;
-    Ok(floors)
 }
 
 /// Sends a close frame, bounded in time: a client that does not read must not hold us.

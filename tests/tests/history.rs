@@ -416,3 +416,108 @@ async fn memory_broker_keeps_history_and_admin_publish_answers_the_id() {
     assert_eq!(status, 400, "the envelope byte is refused: {answer}");
     sc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_redis_subscription_is_caught_up_from_history_not_lost() {
+    let redis = RedisServer::start().await;
+    let sc = sidecar(&redis, "10000", "10m").await;
+    let a = v1(&sc.ws_url("groups=g&last_id=g:0")).await;
+    let mut b = v1(&sc.ws_url("groups=g")).await;
+    let mut quiet = v1(&sc.ws_url("groups=quiet")).await;
+
+    let mut conn = redis.conn().await.unwrap();
+    let total = 400u64;
+    let publisher = tokio::spawn(async move {
+        for n in 0..total {
+            publish(&mut conn, "g", &n.to_string(), 10000, 600_000).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let read_all = |mut ws: Client| async move {
+        let mut got = Vec::new();
+        while got.len() < total as usize {
+            let v = recv_json(&mut ws).await;
+            assert_eq!(v["type"], "event", "caught up, not reset: {v}");
+            got.push(v["data"].as_u64().expect("n"));
+        }
+        got
+    };
+    // Wait for the stream to flow to b, then cut the sidecar's subscription twice while
+    // publishing goes on: pub/sub drops what is published until it is back.
+    let first = recv_json(&mut b).await;
+    assert_eq!(first["data"], 0);
+    let reader_a = tokio::spawn(read_all(a));
+    let reader_b = tokio::spawn(async move {
+        let mut rest = read_all_after(b, total - 1).await;
+        rest.insert(0, 0);
+        rest
+    });
+    let mut admin = redis.conn().await.unwrap();
+    for cut in 1..=2u32 {
+        let _: redis::Value = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut admin)
+            .await
+            .expect("CLIENT KILL TYPE pubsub");
+        eventually("the sidecar resubscribed", || async {
+            (sc.metric("taskstream_redis_reconnects_total").await >= f64::from(cut)).then_some(())
+        })
+        .await;
+    }
+    publisher.await.unwrap();
+    let want: Vec<u64> = (0..total).collect();
+    assert_eq!(
+        reader_a.await.unwrap(),
+        want,
+        "a: every event once, in order"
+    );
+    assert_eq!(
+        reader_b.await.unwrap(),
+        want,
+        "b: every event once, in order"
+    );
+    // A v1 client with no position in its group cannot be caught up: it is told so.
+    let v = recv_json(&mut quiet).await;
+    assert_eq!(v["type"], "reset");
+    assert_eq!(v["reason"], "reconnected");
+    sc.stop().await;
+}
+
+/// Reads `n` events (`data` numbers) after the ones already read.
+async fn read_all_after(mut ws: Client, n: u64) -> Vec<u64> {
+    let mut got = Vec::new();
+    while (got.len() as u64) < n {
+        let v = recv_json(&mut ws).await;
+        assert_eq!(v["type"], "event", "caught up, not reset: {v}");
+        got.push(v["data"].as_u64().expect("n"));
+    }
+    got
+}
+
+#[tokio::test]
+async fn admin_publish_through_redis_stores_history_and_answers_the_id() {
+    let redis = RedisServer::start().await;
+    let sc = sidecar(&redis, "10", "10m").await;
+    let mut ws = v1(&sc.ws_url("groups=a")).await;
+    let (status, answer) =
+        http_post(&format!("http://{}/publish/a", sc.admin), "{\"step\":1}").await;
+    assert_eq!(status, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    let id = answer["id"].as_str().expect("id in the answer").to_owned();
+    let v = recv_json(&mut ws).await;
+    assert_eq!(
+        (v["id"].as_str(), v["data"]["step"].as_u64()),
+        (Some(id.as_str()), Some(1))
+    );
+    // And it is in the group's stream, for any replica to serve.
+    let mut conn = redis.conn().await.unwrap();
+    let len: usize = redis::cmd("XLEN")
+        .arg("taskstream:a")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 1);
+    sc.stop().await;
+}

@@ -57,6 +57,9 @@ pub enum ResetReason {
     HistoryOff,
     /// The history could not be read (Redis unreachable).
     Unavailable,
+    /// The sidecar's Redis subscription was lost and re-made, and this connection had no event
+    /// id in the group to catch up from.
+    Reconnected,
 }
 
 impl ResetReason {
@@ -69,6 +72,7 @@ impl ResetReason {
             ResetReason::TooFar => "too_far",
             ResetReason::HistoryOff => "history_off",
             ResetReason::Unavailable => "unavailable",
+            ResetReason::Reconnected => "reconnected",
         }
     }
 }
@@ -202,7 +206,7 @@ impl MemoryHistory {
         let now = Instant::now();
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.publishes += 1;
-        if st.publishes % 1024 == 0 {
+        if st.publishes.is_multiple_of(1024) {
             st.groups.retain(|_, r| r.expires > now);
         }
         let id = st.last_issued.next_after(unix_ms());
