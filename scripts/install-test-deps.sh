@@ -21,13 +21,16 @@ fi
 redis-server --version
 
 # ---------------------------------------------------------------------------------------------
-# Python virtual environment for the Django Channels tests and examples/django: .venv/ with the
-# exact pins of tests/python/requirements.txt. Reinstalled only when that file changes.
+# Python virtual environment for the Django Channels tests, examples/django (Celery) and the
+# Python publisher clients/python: .venv/ with the exact pins of tests/python/requirements.txt and
+# clients/python/requirements-dev.txt (pytest, build), plus `taskstream` installed editable from
+# clients/python. Reinstalled only when one of those files (or the package's pyproject) changes.
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$root/.venv"
 req="$root/tests/python/requirements.txt"
+dev_req="$root/clients/python/requirements-dev.txt"
 stamp="$venv/.requirements.sha256"
-want="$(sha256sum "$req" | cut -d' ' -f1)"
+want="$(cat "$req" "$dev_req" "$root/clients/python/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   echo "install-test-deps: .venv up to date"
 else
@@ -38,12 +41,14 @@ else
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
   fi
-  echo "install-test-deps: creating .venv from tests/python/requirements.txt"
+  echo "install-test-deps: creating .venv from tests/python/requirements.txt and clients/python/requirements-dev.txt"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$req" -r "$dev_req"
+  # Editable, with the pinned hatchling (no build isolation: nothing unpinned is fetched).
+  "$venv/bin/pip" install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$root/clients/python"
   echo "$want" >"$stamp"
 fi
-"$venv/bin/python" -c 'import django, channels, channels_redis, msgpack; print("install-test-deps: django", django.__version__, "channels", channels.__version__)'
+"$venv/bin/python" -c 'import django, channels, channels_redis, msgpack, celery, taskstream; print("install-test-deps: django", django.__version__, "channels", channels.__version__, "celery", celery.__version__, "taskstream", taskstream.__version__)'
 
 # ---------------------------------------------------------------------------------------------
 # Chart checks (scripts/check-chart.sh): a real Helm 3 and kubernetes-validate, offline once

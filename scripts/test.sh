@@ -7,5 +7,11 @@ cd "$(dirname "$0")/.."
 
 ./scripts/install-test-deps.sh
 cargo test --workspace --locked --all-targets
+# Python publisher (clients/python): pytest against real redis-server processes and the sidecar
+# binary. Any non-zero exit fails the run, including 5 ("no tests collected").
+(cd clients/python && ../../.venv/bin/python -m pytest -q)
+# Browser client (clients/js): node's test runner against the real sidecar and redis-server.
+# Node 20 gets --experimental-websocket from test/run.mjs; no test files is a failure there too.
+(cd clients/js && node test/run.mjs)
 # Helm chart, examples, CRD copy and RBAC table (helm lint/template, Kubernetes 1.29 + newest schemas).
 ./scripts/check-chart.sh

@@ -1,17 +1,22 @@
-//! The demo app: serves a page with "Start task" buttons, logs visitors in with a cookie, answers
-//! the sidecar's forward auth, and runs simulated tasks that publish progress to the visitor's
-//! group through the sidecar's `POST /publish/<group>` admin API.
+//! The demo app: serves a page with "Start task" buttons (and the browser client
+//! `@taskstream/client` it uses, from clients/js), logs visitors in with a cookie, answers the
+//! sidecar's forward auth, and runs simulated tasks that publish progress events to the visitor's
+//! group `user:<id>`, with history, through the sidecar's `POST /publish/<group>` admin API or
+//! straight to Redis (`--redis-url`), see [`publish`].
 //!
 //! ```text
 //! browser --GET / , POST /api/tasks--> sidecar :8080 --proxy--> demo app :8000
 //! browser <==== ws /ws/tasks/ ======== sidecar <--POST /publish/user:<id>-- demo app (task loop)
-//!                                       sidecar --GET /ws-auth/ (cookie)--> demo app
+//!         (taskstream.v1, last_id)      sidecar --GET /ws-auth/ (cookie)--> demo app
 //! ```
 
+pub mod publish;
+
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,15 +26,19 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{error, info};
+
+use crate::publish::Publisher;
 
 const PAGE: &str = include_str!("../static/index.html");
+/// The browser client, served as a static file (no bundler: the page imports it as a module).
+const CLIENT_JS: &str = include_str!("../../clients/js/index.js");
 const COOKIE: &str = "demo_user";
+/// Tasks whose published events the app remembers (for `GET /api/tasks/<id>`).
+const KEEP_TASKS: usize = 100;
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -53,22 +62,47 @@ pub struct Args {
     /// Every Nth task fails part-way (0: none fail).
     #[arg(long, env = "TASKSTREAM_DEMO_FAIL_EVERY", default_value_t = 4)]
     pub fail_every: u64,
+    /// Publish straight to this Redis with the publish-with-history script (as an app's
+    /// workers would) instead of through --publish-url; events then outlive sidecar restarts.
+    #[arg(long, env = "TASKSTREAM_DEMO_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// With --redis-url: events kept per group (match the sidecar's --history-size).
+    #[arg(long, env = "TASKSTREAM_DEMO_HISTORY_SIZE", default_value_t = 100)]
+    pub history_size: u64,
 }
 
 struct App {
     args: Args,
-    client: Client<HttpConnector, Body>,
+    publisher: Publisher,
     next_task: AtomicU64,
+    /// task -> the events it published, with their ids (bounded to KEEP_TASKS tasks).
+    published: Mutex<BTreeMap<u64, Vec<serde_json::Value>>>,
 }
 
-/// Serves the demo app on `listener` forever.
+/// Serves the demo app on `listener` forever (returns at once if --redis-url is unusable).
 pub async fn serve(listener: TcpListener, args: Args) {
+    let publisher = match &args.redis_url {
+        Some(url) => match Publisher::redis(url, args.history_size, Duration::from_secs(600)).await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                error!(error = %e, "--redis-url: cannot connect");
+                return;
+            }
+        },
+        None => Publisher::admin(&args.publish_url),
+    };
+    let via = match &args.redis_url {
+        Some(_) => "redis".to_owned(),
+        None => args.publish_url.clone(),
+    };
     let app = Arc::new(App {
-        client: Client::builder(TokioExecutor::new()).build_http(),
+        publisher,
         args,
         next_task: AtomicU64::new(1),
+        published: Mutex::new(BTreeMap::new()),
     });
-    info!(addr = ?listener.local_addr().ok(), publish = %app.args.publish_url, "demo app listening");
+    info!(addr = ?listener.local_addr().ok(), publish = %via, "demo app listening");
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -116,19 +150,41 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let user = user_of(&req);
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/") => {
-            let mut r = respond(StatusCode::OK, "text/html; charset=utf-8", PAGE);
-            if user.is_none() {
-                // "Log in" every new visitor as a fresh user, so each browser has its own group.
-                let id: String = std::iter::repeat_with(fastrand::alphanumeric)
-                    .take(12)
-                    .collect();
-                if let Ok(v) =
+            // "Log in" every new visitor as a fresh user, so each browser has its own group.
+            let (id, new) = match user {
+                Some(u) => (u, false),
+                None => (
+                    std::iter::repeat_with(fastrand::alphanumeric)
+                        .take(12)
+                        .collect::<String>(),
+                    true,
+                ),
+            };
+            // The page resumes its group from the start of its history (a reload shows every step).
+            let page = PAGE.replace("__TASKSTREAM_GROUP__", &format!("user:{id}"));
+            let mut r = respond(StatusCode::OK, "text/html; charset=utf-8", page);
+            if new
+                && let Ok(v) =
                     HeaderValue::from_str(&format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax"))
-                {
-                    r.headers_mut().insert(header::SET_COOKIE, v);
-                }
+            {
+                r.headers_mut().insert(header::SET_COOKIE, v);
             }
             r
+        }
+        (&Method::GET, "/static/taskstream-client.js") => {
+            respond(StatusCode::OK, "text/javascript; charset=utf-8", CLIENT_JS)
+        }
+        (&Method::GET, path) if path.starts_with("/api/tasks/") => {
+            let task = path["/api/tasks/".len()..].parse::<u64>().ok();
+            let events = task.and_then(|t| app.published.lock().ok()?.get(&t).cloned());
+            match events {
+                Some(events) => respond(
+                    StatusCode::OK,
+                    "application/json",
+                    json!({ "events": events }).to_string(),
+                ),
+                None => respond(StatusCode::NOT_FOUND, "text/plain", "no such task\n"),
+            }
         }
         // Forward auth: the sidecar asks this before admitting a WebSocket.
         (&Method::GET, "/ws-auth/") => match user {
@@ -161,60 +217,39 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 }
 
 /// A simulated background task: progress in uneven steps, then done (or, now and then, failed).
+/// Events have the shape of the Python package's Celery helper, which the browser client reads:
+/// `{"type":"progress","task":ID,"percent":P,"state":"running|done|failed","message":M}`.
 async fn run_task(app: Arc<App>, user: String, id: u64) {
     let group = format!("user:{user}");
     let fails = app.args.fail_every > 0 && id.is_multiple_of(app.args.fail_every);
-    let mut progress = 0u64;
-    publish(
-        &app,
-        &group,
-        json!({"task": id, "state": "running", "progress": 0}),
-    )
-    .await;
+    let mut percent = 0u64;
+    publish(&app, &group, id, percent, "running", "started").await;
     loop {
         tokio::time::sleep(Duration::from_millis(app.args.step_ms)).await;
-        progress = (progress + fastrand::u64(8..=20)).min(100);
-        if fails && progress >= 60 {
-            publish(&app, &group, json!({"task": id, "state": "failed", "progress": progress, "error": "simulated failure: the worker raised an exception"})).await;
+        percent = (percent + fastrand::u64(8..=20)).min(100);
+        if fails && percent >= 60 {
+            let msg = "simulated failure: the worker raised an exception";
+            publish(&app, &group, id, percent, "failed", msg).await;
             return;
         }
-        if progress >= 100 {
-            publish(
-                &app,
-                &group,
-                json!({"task": id, "state": "done", "progress": 100}),
-            )
-            .await;
+        if percent >= 100 {
+            publish(&app, &group, id, 100, "done", "finished").await;
             return;
         }
-        publish(
-            &app,
-            &group,
-            json!({"task": id, "state": "running", "progress": progress}),
-        )
-        .await;
+        publish(&app, &group, id, percent, "running", "working").await;
     }
 }
 
-async fn publish(app: &App, group: &str, event: serde_json::Value) {
-    let url = format!(
-        "{}/publish/{group}",
-        app.args.publish_url.trim_end_matches('/')
-    );
-    let req =
-        match Request::post(&url).body(Full::new(Bytes::from(event.to_string())).boxed_unsync()) {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(%url, error = %e, "bad publish url");
-                return;
-            }
-        };
-    match tokio::time::timeout(Duration::from_secs(2), app.client.request(req)).await {
-        Ok(Ok(resp)) if resp.status().is_success() => {}
-        Ok(Ok(resp)) => warn!(%url, status = %resp.status(), "publish refused"),
-        Ok(Err(e)) => {
-            warn!(%url, error = %e, "publish failed (is the sidecar running?); the event is lost")
+async fn publish(app: &App, group: &str, task: u64, percent: u64, state: &str, message: &str) {
+    let event = json!({"type": "progress", "task": task, "percent": percent, "state": state, "message": message});
+    let id = app.publisher.publish(group, &event).await;
+    if let Ok(mut published) = app.published.lock() {
+        published
+            .entry(task)
+            .or_default()
+            .push(json!({"id": id, "percent": percent, "state": state}));
+        while published.len() > KEEP_TASKS {
+            published.pop_first();
         }
-        Err(_) => warn!(%url, "publish timed out; the event is lost"),
     }
 }

@@ -1,11 +1,13 @@
-//! Local mode, as a newcomer sees it: the demo app behind the sidecar (memory broker, forward
-//! auth), driven in real headless Chromium. Saves `tests/artifacts/demo*.png`.
+//! The demo page (its browser client is clients/js) behind the sidecar with history and forward
+//! auth, driven in real headless Chromium: a sidecar restart mid-task loses no event, a reload
+//! rebuilds every bar from history. Saves `tests/artifacts/demo*.png`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
 use taskstream_tests::browser::Browser;
+use taskstream_tests::redis_server::RedisServer;
 use taskstream_tests::sidecar::SidecarProcess;
 use taskstream_tests::upstream::{request, send};
 use taskstream_tests::{free_port, loopback};
@@ -30,14 +32,53 @@ async fn start_demo_app(admin: SocketAddr, extra: &[&str]) -> (JoinHandle<()>, S
     (app, format!("http://{addr}"))
 }
 
+/// The ids of the events the app published for `task`, from its `GET /api/tasks/<task>`.
+async fn published_ids(app: &str, task: u32) -> Vec<serde_json::Value> {
+    let (status, body) =
+        taskstream_tests::upstream::http_get(&format!("{app}/api/tasks/{task}")).await;
+    assert_eq!(status, 200, "GET /api/tasks/{task}: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    v["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["id"].clone())
+        .collect()
+}
+
+/// The ids the page received for `task`, in order.
+async fn received_ids(browser: &mut Browser, task: u32) -> Vec<serde_json::Value> {
+    let v = browser
+        .eval(&format!("JSON.stringify(window.received[{task}] || [])"))
+        .await;
+    serde_json::from_str(v.as_str().expect("a string")).expect("json")
+}
+
 #[tokio::test]
-async fn progress_reaches_100_in_the_browser_and_survives_a_sidecar_restart() {
+async fn progress_reaches_100_in_the_browser_and_survives_a_sidecar_restart_mid_task() {
+    // As in production: the app's tasks publish to Redis with history (the script), and the
+    // page (clients/js) resumes with last_id; a sidecar restart mid-task loses no event.
+    let redis = RedisServer::start().await;
     let public = loopback(free_port());
     let admin = loopback(free_port());
-    let (app, upstream) = start_demo_app(admin, &["--step-ms", "40", "--fail-every", "3"]).await;
+    let redis_url = redis.url();
+    let (app, upstream) = start_demo_app(
+        admin,
+        &[
+            "--step-ms",
+            "250",
+            "--fail-every",
+            "2",
+            "--redis-url",
+            &redis_url,
+        ],
+    )
+    .await;
     let sidecar_args = [
-        "--broker",
-        "memory",
+        "--redis-url",
+        &redis_url,
+        "--history-size",
+        "100",
         "--auth",
         "forward",
         "--upstream",
@@ -50,22 +91,20 @@ async fn progress_reaches_100_in_the_browser_and_survives_a_sidecar_restart() {
     browser
         .wait_for(
             "the live connection",
-            "document.getElementById('conn').dataset.state === 'connected'",
+            "document.getElementById('conn').dataset.state === 'live'",
         )
         .await;
 
     browser.click("#start").await;
     browser
         .wait_for(
-            "task 1 done at 100%",
+            "task 1 under way",
             "(() => { const t = document.querySelector('.task[data-task=\"1\"]');
-                      return t && t.dataset.state === 'done' && t.dataset.progress === '100'
-                        && t.querySelector('.state').textContent.startsWith('done'); })()",
+                      return t && t.dataset.state === 'running' && Number(t.dataset.progress) > 0; })()",
         )
         .await;
-    browser.screenshot(&artifact("demo-done.png")).await;
-
-    // Restart the sidecar on the same ports: the page sees the close, reconnects by itself.
+    // Restart the sidecar on the same ports mid-task: the page sees the close and resumes.
+    let before = published_ids(&upstream, 1).await.len();
     sidecar.terminate();
     assert!(sidecar.wait_exit().await.success());
     browser
@@ -74,31 +113,61 @@ async fn progress_reaches_100_in_the_browser_and_survives_a_sidecar_restart() {
             "document.getElementById('conn').dataset.state === 'reconnecting'",
         )
         .await;
+    // Events published while no sidecar runs wait in Redis.
+    let app_url = upstream.clone();
+    taskstream_tests::eventually("an event published during the restart", || {
+        let app_url = app_url.clone();
+        async move { (published_ids(&app_url, 1).await.len() > before).then_some(()) }
+    })
+    .await;
     let _sidecar = SidecarProcess::spawn_on(public, admin, &sidecar_args).await;
     browser
         .wait_for(
-            "the page reconnected",
-            "document.getElementById('conn').dataset.state === 'connected'",
+            "task 1 done at 100% after the restart",
+            "(() => { const t = document.querySelector('.task[data-task=\"1\"]');
+                      return t && t.dataset.state === 'done' && t.dataset.progress === '100'
+                        && t.querySelector('.state').textContent.startsWith('done'); })()",
         )
         .await;
+    assert_eq!(
+        browser
+            .eval("document.getElementById('conn').dataset.state")
+            .await,
+        "live"
+    );
+    // Every event of task 1, exactly once, in order: what the app published is what the page got.
+    let published = published_ids(&upstream, 1).await;
+    assert!(published.iter().all(|id| id.is_string()), "{published:?}");
+    assert_eq!(received_ids(&mut browser, 1).await, published);
+    assert_eq!(
+        browser
+            .eval("document.getElementById('note').textContent")
+            .await,
+        ""
+    );
+    browser.screenshot(&artifact("demo-done.png")).await;
+
+    // Every second task fails part-way; the page shows it as failed, not done.
     browser.click("#start").await;
     browser
         .wait_for(
-            "task 2 done after the restart",
+            "task 2 shown as failed",
             "(() => { const t = document.querySelector('.task[data-task=\"2\"]');
-                      return t && t.dataset.state === 'done' && t.dataset.progress === '100'; })()",
-        )
-        .await;
-    // Every third task fails part-way; the page shows it as failed, not done.
-    browser.click("#start").await;
-    browser
-        .wait_for(
-            "task 3 shown as failed",
-            "(() => { const t = document.querySelector('.task[data-task=\"3\"]');
                       return t && t.dataset.state === 'failed'
                         && t.querySelector('.state').textContent.startsWith('failed'); })()",
         )
         .await;
+    // A reload rebuilds every bar from the group's history, with no app-side state.
+    browser.navigate(&format!("http://{public}/")).await;
+    browser
+        .wait_for(
+            "both tasks back after a reload",
+            "(() => { const a = document.querySelector('.task[data-task=\"1\"]');
+                      const b = document.querySelector('.task[data-task=\"2\"]');
+                      return a && a.dataset.state === 'done' && b && b.dataset.state === 'failed'; })()",
+        )
+        .await;
+    assert_eq!(received_ids(&mut browser, 1).await, published);
     browser
         .screenshot(&artifact("demo-after-restart.png"))
         .await;

@@ -1,7 +1,8 @@
-//! examples/django end to end: the app migrated off Daphne runs under `manage.py runserver`
-//! behind the sidecar (`--auth forward --redis-protocol channels`); a user logs in through the
-//! real login form, opens `/ws/tasks/` with the session cookie, and receives the progress the
-//! unchanged task sends with `group_send` from another process (as a Celery worker would).
+//! examples/django end to end, as its README runs it: `manage.py runserver` behind the sidecar
+//! (`--auth forward --history-size 100`), a real `celery -A taskdemo worker` with Redis as the
+//! broker. A user logs in through the real login form, starts a task from the page's endpoint,
+//! and receives over `/ws/tasks/` (session cookie, `taskstream.v1`) every progress event the
+//! worker publishes through the `taskstream` package with history; a late connection replays them.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -19,6 +20,7 @@ use taskstream_tests::{WAIT, eventually, free_port};
 use tokio::process::{Child, Command};
 
 const PASSWORD: &str = "correct-horse-battery-staple";
+const V1: (&str, &str) = ("Sec-WebSocket-Protocol", "taskstream.v1");
 
 /// The example app's environment: its own SQLite file and Redis.
 struct Example {
@@ -29,15 +31,38 @@ struct Example {
 impl Example {
     fn manage(&self, args: &[&str]) -> Command {
         let mut c = Command::new(venv_python());
-        c.arg("manage.py")
-            .args(args)
-            .current_dir(root().join("examples/django"))
+        c.arg("manage.py").args(args);
+        self.env(&mut c);
+        c
+    }
+
+    fn env(&self, c: &mut Command) {
+        c.current_dir(root().join("examples/django"))
             .env("DJANGO_DB", &self.db)
             .env("REDIS_URL", &self.redis_url)
+            .env("TASK_STEP_SECONDS", "0.05")
             .env("DJANGO_SUPERUSER_PASSWORD", PASSWORD)
             .stdin(Stdio::null())
             .kill_on_drop(true);
-        c
+    }
+
+    /// `celery -A taskdemo worker` (solo pool: one process, killed on drop).
+    fn worker(&self) -> Child {
+        let celery = venv_python().with_file_name("celery");
+        let mut c = Command::new(celery);
+        c.args([
+            "-A",
+            "taskdemo",
+            "worker",
+            "--pool",
+            "solo",
+            "--loglevel",
+            "WARNING",
+        ]);
+        self.env(&mut c);
+        c.stdout(Stdio::null())
+            .spawn()
+            .expect("spawn celery -A taskdemo worker")
     }
 
     /// Runs a management command to completion (bounded); returns its stdout.
@@ -62,7 +87,7 @@ impl Drop for Example {
     }
 }
 
-/// `runserver` child, killed on drop.
+/// A child process (`runserver`, the Celery worker), killed on drop.
 struct Runserver(Child);
 
 impl Drop for Runserver {
@@ -100,7 +125,7 @@ fn cookie(cookies: &[String], name: &str) -> String {
 }
 
 #[tokio::test]
-async fn migrated_django_app_gets_live_progress_through_the_sidecar() {
+async fn django_app_with_a_celery_worker_gets_every_progress_event_through_the_sidecar() {
     let redis = RedisServer::start().await;
     let port = free_port();
     let app = Example {
@@ -129,6 +154,7 @@ async fn migrated_django_app_gets_live_progress_through_the_sidecar() {
     })
     .await;
 
+    let _worker = Runserver(app.worker());
     let upstream = format!("http://{addr}");
     let sc = Sidecar::start(&[
         "--auth",
@@ -137,10 +163,8 @@ async fn migrated_django_app_gets_live_progress_through_the_sidecar() {
         &upstream,
         "--redis-url",
         &redis.url(),
-        "--redis-protocol",
-        "channels",
-        "--user-group",
-        "user_{sub}_tasks",
+        "--history-size",
+        "100",
     ])
     .await;
     let base = format!("http://{}", sc.public);
@@ -180,31 +204,109 @@ async fn migrated_django_app_gets_live_progress_through_the_sidecar() {
     .await;
     assert_eq!(status, 200);
     assert!(page.contains("Tasks of alice") && page.contains("/ws/tasks/"));
+    assert!(
+        page.contains("/static/taskstream/client.js"),
+        "the page loads the client"
+    );
+    let token = page
+        .split("name=\"csrfmiddlewaretoken\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("csrf token in the page")
+        .to_owned();
+    // The client module is served by Django's static files, and is clients/js/index.js.
+    let (status, js) = http_get(&format!("{base}/static/taskstream/client.js")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        js,
+        std::fs::read_to_string(root().join("clients/js/index.js")).unwrap()
+    );
 
     // No session: the app's /ws-auth/ says 401, and so does the sidecar.
-    assert_eq!(connect_with(&sc.ws_url(""), &[]).await.err(), Some(401));
-    let mut ws = connect_with(&sc.ws_url(""), &[("cookie", &cookie_header)])
+    assert_eq!(connect_with(&sc.ws_url(""), &[V1]).await.err(), Some(401));
+    let mut ws = connect_with(&sc.ws_url(""), &[("cookie", &cookie_header), V1])
         .await
         .expect("the session cookie opens the socket");
 
-    // The unchanged task, in its own process.
-    let task = app
-        .run(&[
-            "report_progress",
-            "--user",
-            "alice",
-            "--steps",
-            "4",
-            "--task-id",
-            "t1",
-        ])
-        .await;
-    assert_eq!(task.trim(), "t1");
-    for progress in [25, 50, 75, 100] {
+    // Start the task as the page does; the Celery worker runs it.
+    let (status, _, body) = http(
+        Request::post(format!("{base}/tasks/start/"))
+            .header("cookie", &cookie_header)
+            .header("x-csrftoken", &token)
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let task: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let task = task["task"]
+        .as_str()
+        .expect("the celery task id")
+        .to_owned();
+
+    let group = "user:1";
+    let mut ids = Vec::new();
+    let mut events = Vec::new();
+    for _ in 0..5 {
         let frame: serde_json::Value = serde_json::from_str(&recv_text(&mut ws).await).unwrap();
-        assert_eq!(frame, json!({"task": "t1", "progress": progress}));
+        assert_eq!(
+            (frame["type"].as_str(), frame["group"].as_str()),
+            (Some("event"), Some(group))
+        );
+        ids.push(
+            frame["id"]
+                .as_str()
+                .expect("published with history: an id")
+                .to_owned(),
+        );
+        events.push(frame["data"].clone());
     }
-    let done: serde_json::Value = serde_json::from_str(&recv_text(&mut ws).await).unwrap();
-    assert_eq!(done, json!({"task": "t1", "progress": 100, "done": true}));
+    let step = |p: u32, n: u32| json!({"type": "progress", "task": task, "percent": p, "state": "running", "message": format!("step {n} of 5")});
+    assert_eq!(
+        events,
+        vec![
+            step(20, 1),
+            step(40, 2),
+            step(60, 3),
+            step(80, 4),
+            json!({"type": "progress", "task": task, "percent": 100, "state": "done", "message": null}),
+        ]
+    );
+    // The row was committed before "done" left: the page shows it.
+    let (_, _, page) = http(
+        Request::get(format!("{base}/"))
+            .header("cookie", &cookie_header)
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        page.contains(&format!("{task}: done")),
+        "notification listed"
+    );
+
+    // A page load (last_id=<group>:0) replays the whole task from history; resuming after the
+    // second event gets exactly the rest.
+    let mut late = connect_with(
+        &sc.ws_url(&format!("last_id={group}:0")),
+        &[("cookie", &cookie_header), V1],
+    )
+    .await
+    .expect("late joiner");
+    for id in &ids {
+        let frame: serde_json::Value = serde_json::from_str(&recv_text(&mut late).await).unwrap();
+        assert_eq!(frame["id"].as_str(), Some(id.as_str()));
+    }
+    let mut resumed = connect_with(
+        &sc.ws_url(&format!("last_id={group}:{}", ids[1])),
+        &[("cookie", &cookie_header), V1],
+    )
+    .await
+    .expect("resume");
+    for id in &ids[2..] {
+        let frame: serde_json::Value =
+            serde_json::from_str(&recv_text(&mut resumed).await).unwrap();
+        assert_eq!(frame["id"].as_str(), Some(id.as_str()));
+    }
     sc.stop().await;
 }

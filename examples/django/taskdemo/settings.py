@@ -1,7 +1,8 @@
-"""Settings of the example, after the migration off Daphne.
+"""Settings of the example, after the migration off Daphne and Channels.
 
-Removed: "daphne" from INSTALLED_APPS, ASGI_APPLICATION, asgi.py and its URLRouter.
-Kept as it was: CHANNEL_LAYERS, so every group_send in the tasks stays untouched.
+Removed: "daphne" from INSTALLED_APPS, ASGI_APPLICATION, asgi.py and its URLRouter, and the
+channel layer: tasks publish through the `taskstream` package with history (TASKSTREAM below), so
+a browser that reconnects gets every step it missed.
 """
 
 import os
@@ -63,10 +64,19 @@ STATIC_URL = "static/"
 USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# Unchanged by the migration: the sidecar reads what this layer writes.
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")]},
-    }
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
+
+# The taskstream publisher (clients/python). HISTORY_SIZE and HISTORY_TTL match the sidecar's
+# --history-size / --history-ttl; USER_GROUP its --user-group (the default, user:{sub}).
+TASKSTREAM = {
+    "REDIS_URL": REDIS_URL,
+    "HISTORY_SIZE": 100,
+    "HISTORY_TTL": 600,
+    "USER_GROUP": "user:{sub}",
 }
+
+# Celery with Redis as the broker: `celery -A taskdemo worker`.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+CELERY_TASK_ACKS_LATE = True
+# Seconds between two progress steps of the example task (the tests make it short).
+TASK_STEP_SECONDS = float(os.environ.get("TASK_STEP_SECONDS", "0.5"))

@@ -1,35 +1,31 @@
-"""The progress-reporting task, exactly as it was written for Django Channels.
+"""The progress-reporting Celery task.
 
-In production this is a Celery task (`@shared_task`); it is plain Python here so the example has
-no broker to run. Not one line changed in the migration: group_send goes to the same Redis, and
-the sidecar (not a consumer) delivers it.
+It publishes through the `taskstream` package (clients/python) with history: every step is
+stored in the user's group history in Redis and delivered live, so a page that reconnects (a
+sidecar restart, a Wi-Fi blip) or reloads gets every step. The events have the shape the browser
+client understands: {"type": "progress", "task", "percent", "state", "message"}.
 """
 
-import uuid
+import time
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from celery import shared_task
+from django.conf import settings
+from taskstream.celery import Progress
+from taskstream.django import get_publisher, user_group
 
 from .models import TaskNotification
 
 
-def user_group(user_id):
-    return f"user_{user_id}_tasks"
-
-
-def report_progress(user_id, steps=5, task_id=None):
-    task_id = task_id or uuid.uuid4().hex[:8]
-    channel_layer = get_channel_layer()
-    for step in range(1, steps + 1):
-        progress = step * 100 // steps
-        # ... a slice of the real work goes here ...
-        async_to_sync(channel_layer.group_send)(
-            user_group(user_id),
-            {"type": "task.progress", "data": {"task": task_id, "progress": progress}},
+@shared_task(bind=True)
+def report_progress(self, user_id, steps=5):
+    progress = Progress(get_publisher())
+    # "done" when the block ends, "failed" (and re-raised) if it raises.
+    with progress.track(self, user_group(user_id)) as report:
+        for step in range(1, steps):
+            time.sleep(settings.TASK_STEP_SECONDS)  # ... a slice of the real work ...
+            report(step * 100 // steps, message=f"step {step} of {steps}")
+        time.sleep(settings.TASK_STEP_SECONDS)
+        TaskNotification.objects.create(
+            user_id=user_id, task_id=self.request.id, message="done", progress=100
         )
-    TaskNotification.objects.create(user_id=user_id, task_id=task_id, message="done", progress=100)
-    async_to_sync(channel_layer.group_send)(
-        user_group(user_id),
-        {"type": "task.done", "data": {"task": task_id, "progress": 100, "done": True}},
-    )
-    return task_id
+    return self.request.id
