@@ -8,7 +8,7 @@ use crate::crd::{SidecarSpec, WebSocketSpec};
 use crate::fixtures::{NAME, NS, UID, params};
 
 fn built(ts: &TaskStream) -> Children {
-    build(ts, &params()).expect("builds")
+    build(ts, &params(), None).expect("builds")
 }
 
 fn pod(d: &Deployment) -> &PodSpec {
@@ -500,7 +500,7 @@ fn specs_the_schema_would_refuse_are_refused_here_too() {
         ("port clash", port_clash),
         ("relative path", bad_path),
     ] {
-        let err = build(&ts, &params()).expect_err(what);
+        let err = build(&ts, &params(), None).expect_err(what);
         assert_eq!(err.metric_label(), "invalid_spec", "{what}: {err}");
     }
 }
@@ -509,6 +509,6 @@ fn specs_the_schema_would_refuse_are_refused_here_too() {
 fn missing_namespace_is_an_error_not_a_panic() {
     let mut ts = TaskStream::test();
     ts.metadata.namespace = None;
-    let err = build(&ts, &params()).expect_err("no namespace");
+    let err = build(&ts, &params(), None).expect_err("no namespace");
     assert!(err.to_string().contains("metadata.namespace"), "{err}");
 }
