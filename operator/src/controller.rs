@@ -329,4 +329,6 @@ pub async fn run(
 }
 
 #[cfg(test)]
+mod production_tests;
+#[cfg(test)]
 mod tests;

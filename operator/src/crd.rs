@@ -175,8 +175,10 @@ pub struct RedisTlsSpec {
 #[serde(rename_all = "camelCase")]
 pub struct RedisSentinelSpec {
     /// Sentinel addresses, `host:port`.
-    #[schemars(length(min = 1, max = 16))]
-    #[x_kube(validation = Rule::new("self.all(h, h.matches('^[^:/ ]+:[0-9]{1,5}$'))").message("redis.sentinel.hosts entries must be host:port"))]
+    #[schemars(
+        length(min = 1, max = 16),
+        inner(regex(pattern = r"^[^:/ ]+:[0-9]{1,5}$"))
+    )]
     pub hosts: Vec<String>,
     /// Name of the monitored master.
     #[schemars(length(min = 1, max = 253))]

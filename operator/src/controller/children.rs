@@ -228,8 +228,12 @@ where
         name: name.clone(),
         source: Box::new(source),
     };
-    let Some(existing) = api.get_opt(&name).await.map_err(|e| kube_err("get", e))? else {
-        return Ok(());
+    // Any 404: `get_opt` knows only the JSON NotFound of a missing object, while an API group
+    // the server does not serve answers a plain-text "404 page not found".
+    let existing = match api.get(&name).await {
+        Ok(existing) => existing,
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+        Err(e) => return Err(kube_err("get", e)),
     };
     let uid = ts.uid();
     if !existing

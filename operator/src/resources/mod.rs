@@ -20,6 +20,8 @@ mod service;
 mod sidecar;
 
 #[cfg(test)]
+mod production_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
