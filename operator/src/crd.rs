@@ -575,9 +575,74 @@ mod tests {
         ] {
             assert!(json.contains(rule), "missing CEL rule {rule}");
         }
+        for rule in [
+            "!(has(self.gateway) && has(self.ingress))",
+            "!(has(self.replicas) && has(self.autoscaling))",
+            "!(has(self.sentinel) && has(self.cluster) && self.cluster)",
+            "self.minReplicas <= self.maxReplicas",
+        ] {
+            assert!(json.contains(rule), "missing CEL rule {rule}");
+        }
+        assert!(json.contains(r#""maximum":100000"#), "history size range");
+        assert!(json.contains(r#""maximum":604800"#), "history ttl range");
         assert!(json.contains(r#""pattern":"^/""#), "path pattern");
         assert!(json.contains(r#""maximum":65535"#), "port range");
         assert!(json.contains(r#""maximum":100"#), "replicas range");
+    }
+
+    #[test]
+    fn crd_has_only_formats_the_api_server_knows() {
+        fn formats(node: &serde_json::Value, out: &mut Vec<String>) {
+            match node {
+                serde_json::Value::Object(map) => {
+                    if let Some(f) = map.get("format").and_then(|f| f.as_str()) {
+                        out.push(f.to_string());
+                    }
+                    map.values().for_each(|v| formats(v, out));
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| formats(v, out)),
+                _ => {}
+            }
+        }
+        let mut found = Vec::new();
+        formats(&serde_json::to_value(crd()).expect("json"), &mut found);
+        assert!(found.iter().any(|f| f == "int32"), "known formats stay");
+        let unknown: Vec<_> = found
+            .iter()
+            .filter(|f| !KNOWN_FORMATS.contains(&f.as_str()))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "formats the API server warns about: {unknown:?}"
+        );
+        // The u32 fields keep their lower bound.
+        let json = serde_json::to_string(&crd()).expect("json");
+        assert!(!json.contains("uint"), "no unsigned formats");
+    }
+
+    #[test]
+    fn new_fields_are_described_for_kubectl_explain() {
+        let v = serde_json::to_value(crd()).expect("json");
+        let spec = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        for field in ["autoscaling", "gateway", "pod", "history"] {
+            let description = spec[field]["description"].as_str().unwrap_or_default();
+            assert!(description.len() > 20, "spec.{field}: {description:?}");
+        }
+        let labels = spec["pod"]["properties"]["labels"]["description"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(labels.contains("win"), "collision rule stated: {labels}");
+        let client =
+            spec["redis"]["properties"]["tls"]["properties"]["clientCertSecretRef"]["description"]
+                .as_str()
+                .unwrap_or_default();
+        assert!(client.contains("kubernetes.io/tls"), "{client}");
+    }
+
+    #[test]
+    fn descriptions_are_unwrapped_but_keep_paragraphs_and_lists() {
+        assert_eq!(unwrap_lines("one\ntwo\n\nthree"), "one two\n\nthree");
+        assert_eq!(unwrap_lines("values:\n - a\n - b"), "values:\n - a\n - b");
     }
 
     #[test]
@@ -652,7 +717,8 @@ const KNOWN_FORMATS: &[&str] = &[
 ];
 
 /// The TaskStream CRD as installed: kube's generated CRD without the formats the API server does
-/// not know (schemars writes `uint32` for `u32`; the `minimum: 0` it adds stays).
+/// not know (schemars writes `uint32` for `u32`; the `minimum: 0` it adds stays), and with
+/// descriptions unwrapped for `kubectl explain`.
 pub fn crd()
 -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
     use kube::CustomResourceExt;
@@ -666,6 +732,11 @@ pub fn crd()
                 {
                     map.remove("format");
                 }
+                // Doc comments wrap at 100 columns; `kubectl explain` wraps on its own, so a
+                // wrapped line joins the one before (paragraphs and list items stay).
+                if let Some(serde_json::Value::String(d)) = map.get_mut("description") {
+                    *d = unwrap_lines(d);
+                }
                 map.values_mut().for_each(strip);
             }
             serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
@@ -678,6 +749,24 @@ pub fn crd()
     };
     strip(&mut value);
     serde_json::from_value(value).unwrap_or(generated)
+}
+
+/// Joins wrapped lines: a line continues the previous one unless either is blank or it starts
+/// a list item.
+fn unwrap_lines(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut previous_blank = true;
+    for line in text.split('\n') {
+        let trimmed = line.trim();
+        let item = trimmed.starts_with("- ") || trimmed.starts_with("* ");
+        if !out.is_empty() {
+            let joins = !(trimmed.is_empty() || previous_blank || item);
+            out.push(if joins { ' ' } else { '\n' });
+        }
+        out.push_str(if item { line.trim_end() } else { trimmed });
+        previous_blank = trimmed.is_empty();
+    }
+    out
 }
 
 /// The CRD as YAML, exactly as committed in `crds/taskstream.dev_taskstreams.yaml`.
