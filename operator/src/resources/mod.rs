@@ -22,6 +22,10 @@ mod sidecar;
 #[cfg(test)]
 mod production_tests;
 #[cfg(test)]
+mod sidecar_tests;
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;

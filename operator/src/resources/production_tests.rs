@@ -1,51 +1,20 @@
 //! Builder tests of what a production app needs: Gateway route, autoscaling, pod settings,
-//! Secret value hash, production Redis (TLS, Sentinel, Cluster), history and log format.
+//! Secret value hash. Production Redis, history and log format: `sidecar_tests.rs`.
 
 use std::collections::BTreeMap;
 
 use gateway_api::gateways::Gateway;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, LocalObjectReference, PodSpec, Toleration, Volume, VolumeMount,
+    Container, LocalObjectReference, Toleration, Volume, VolumeMount,
 };
 use serde_json::json;
 
 use super::route::{Acceptance, acceptance, route_url};
+use super::test_support::{built, pod, sidecar_of};
 use super::*;
-use crate::crd::{
-    HistorySpec, PodSettings, RedisSentinelSpec, RedisTlsSpec, SecretNameRef, SidecarLogFormat,
-    SidecarSpec,
-};
-use crate::fixtures::{NAME, key, params};
-
-fn built(ts: &TaskStream) -> Children {
-    build(ts, &params(), None).expect("builds")
-}
-
-fn pod(d: &Deployment) -> &PodSpec {
-    d.spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .expect("pod spec")
-}
-
-fn sidecar_of(d: &Deployment) -> &Container {
-    let pod = pod(d);
-    pod.init_containers
-        .iter()
-        .flatten()
-        .chain(pod.containers.iter())
-        .find(|c| c.name == SIDECAR_CONTAINER)
-        .expect("sidecar container")
-}
-
-fn env_of<'a>(d: &'a Deployment, name: &str) -> Option<&'a EnvVar> {
-    sidecar_of(d).env.iter().flatten().find(|e| e.name == name)
-}
-
-fn env_value(d: &Deployment, name: &str) -> Option<String> {
-    env_of(d, name).and_then(|e| e.value.clone())
-}
+use crate::crd::{PodSettings, SidecarSpec};
+use crate::fixtures::{NAME, params};
 
 fn template_annotations(d: &Deployment) -> BTreeMap<String, String> {
     d.spec
@@ -444,181 +413,5 @@ fn secret_hash_changes_with_a_value_and_hides_it() {
     assert_ne!(
         secret_hash([("ab", "c", &b""[..])]),
         secret_hash([("a", "bc", &b""[..])])
-    );
-}
-
-// --- production Redis -------------------------------------------------------------------------
-
-#[test]
-fn redis_tls_certificates_are_mounted_files() {
-    let mut ts = TaskStream::test();
-    ts.spec.redis.url = Some("rediss://redis.example:6380/0".into());
-    ts.spec.redis.tls = Some(RedisTlsSpec {
-        ca_secret_ref: Some(key("redis-ca", "ca.crt")),
-        client_cert_secret_ref: Some(SecretNameRef {
-            name: "redis-client".into(),
-        }),
-        insecure_skip_verify: None,
-    });
-    let d = built(&ts).deployment;
-    assert_eq!(
-        env_value(&d, "TASKSTREAM_REDIS_CA_FILE").as_deref(),
-        Some("/etc/taskstream/redis-ca/ca.crt")
-    );
-    assert_eq!(
-        env_value(&d, "TASKSTREAM_REDIS_CLIENT_CERT_FILE").as_deref(),
-        Some("/etc/taskstream/redis-client/tls.crt")
-    );
-    assert_eq!(
-        env_value(&d, "TASKSTREAM_REDIS_CLIENT_KEY_FILE").as_deref(),
-        Some("/etc/taskstream/redis-client/tls.key")
-    );
-    assert!(env_of(&d, "TASKSTREAM_REDIS_TLS_INSECURE").is_none());
-    let volumes = pod(&d).volumes.clone().unwrap_or_default();
-    let names: Vec<_> = volumes.iter().map(|v| v.name.as_str()).collect();
-    assert_eq!(names, ["taskstream-redis-ca", "taskstream-redis-client"]);
-    let client = volumes[1].secret.as_ref().expect("secret volume");
-    assert_eq!(client.secret_name.as_deref(), Some("redis-client"));
-    let keys: Vec<_> = client
-        .items
-        .iter()
-        .flatten()
-        .map(|i| i.key.as_str())
-        .collect();
-    assert_eq!(keys, ["tls.crt", "tls.key"]);
-    assert_eq!(client.default_mode, Some(0o444), "readable by uid 65532");
-    let mounts = sidecar_of(&d).volume_mounts.clone().unwrap_or_default();
-    assert!(mounts.iter().all(|m| m.read_only == Some(true)));
-    assert_eq!(mounts.len(), 2);
-    // Both Secrets are checked, and feed the rotation hash.
-    let refs = ts.spec.secret_refs();
-    assert_eq!(refs.len(), 3);
-    assert!(refs.contains(&key("redis-client", "tls.key")));
-}
-
-#[test]
-fn redis_tls_insecure_is_a_flag() {
-    let mut ts = TaskStream::test();
-    ts.spec.redis.tls = Some(RedisTlsSpec {
-        insecure_skip_verify: Some(true),
-        ..Default::default()
-    });
-    let d = built(&ts).deployment;
-    assert_eq!(
-        env_value(&d, "TASKSTREAM_REDIS_TLS_INSECURE").as_deref(),
-        Some("true")
-    );
-    assert!(pod(&d).volumes.is_none());
-}
-
-#[test]
-fn redis_sentinel_settings_and_password_by_reference() {
-    let mut ts = TaskStream::test();
-    ts.spec.redis.sentinel = Some(RedisSentinelSpec {
-        hosts: vec!["s1.redis:26379".into(), "s2.redis:26379".into()],
-        master_name: "mymaster".into(),
-        password_secret_ref: Some(key("sentinel", "password")),
-    });
-    let d = built(&ts).deployment;
-    assert_eq!(
-        env_value(&d, "TASKSTREAM_REDIS_SENTINELS").as_deref(),
-        Some("s1.redis:26379,s2.redis:26379")
-    );
-    assert_eq!(
-        env_value(&d, "TASKSTREAM_REDIS_SENTINEL_MASTER").as_deref(),
-        Some("mymaster")
-    );
-    let password = env_of(&d, "TASKSTREAM_REDIS_SENTINEL_PASSWORD").expect("password env");
-    assert_eq!(password.value, None);
-    let sel = password
-        .value_from
-        .as_ref()
-        .and_then(|v| v.secret_key_ref.as_ref())
-        .expect("secretKeyRef");
-    assert_eq!(
-        (sel.name.as_str(), sel.key.as_str()),
-        ("sentinel", "password")
-    );
-    assert!(ts.spec.secret_refs().contains(&key("sentinel", "password")));
-    assert!(env_of(&d, "TASKSTREAM_REDIS_CLUSTER").is_none());
-}
-
-#[test]
-fn redis_cluster_is_a_flag_and_excludes_sentinel() {
-    let mut ts = TaskStream::test();
-    ts.spec.redis.cluster = Some(true);
-    let d = built(&ts).deployment;
-    assert_eq!(
-        env_value(&d, "TASKSTREAM_REDIS_CLUSTER").as_deref(),
-        Some("true")
-    );
-    ts.spec.redis.cluster = Some(false);
-    assert!(env_of(&built(&ts).deployment, "TASKSTREAM_REDIS_CLUSTER").is_none());
-    ts.spec.redis.cluster = Some(true);
-    ts.spec.redis.sentinel = Some(RedisSentinelSpec {
-        hosts: vec!["s1:26379".into()],
-        master_name: "m".into(),
-        password_secret_ref: None,
-    });
-    let err = build(&ts, &params(), None).expect_err("both");
-    assert!(
-        err.to_string().contains("redis.sentinel and redis.cluster"),
-        "{err}"
-    );
-}
-
-// --- history and logs -------------------------------------------------------------------------
-
-#[test]
-fn history_reaches_the_sidecar() {
-    let mut ts = TaskStream::test();
-    let d = built(&ts).deployment;
-    assert!(
-        env_of(&d, "TASKSTREAM_HISTORY_SIZE").is_none(),
-        "off by default"
-    );
-    ts.spec.history = Some(HistorySpec {
-        size: 500,
-        ttl_seconds: Some(900),
-    });
-    let d = built(&ts).deployment;
-    assert_eq!(
-        env_value(&d, "TASKSTREAM_HISTORY_SIZE").as_deref(),
-        Some("500")
-    );
-    assert_eq!(
-        env_value(&d, "TASKSTREAM_HISTORY_TTL").as_deref(),
-        Some("900s")
-    );
-    ts.spec.history = Some(HistorySpec {
-        size: 100,
-        ttl_seconds: None,
-    });
-    let d = built(&ts).deployment;
-    assert!(
-        env_of(&d, "TASKSTREAM_HISTORY_TTL").is_none(),
-        "the sidecar's default (10m)"
-    );
-    ts.spec.history = Some(HistorySpec {
-        size: 100_001,
-        ttl_seconds: None,
-    });
-    assert!(build(&ts, &params(), None).is_err());
-}
-
-#[test]
-fn sidecar_logs_json_unless_told_otherwise() {
-    let d = built(&TaskStream::test()).deployment;
-    assert_eq!(
-        env_value(&d, "TASKSTREAM_LOG_FORMAT").as_deref(),
-        Some("json")
-    );
-    let ts = TaskStream::test().with_sidecar(SidecarSpec {
-        log_format: Some(SidecarLogFormat::Text),
-        ..Default::default()
-    });
-    assert_eq!(
-        env_value(&built(&ts).deployment, "TASKSTREAM_LOG_FORMAT").as_deref(),
-        Some("text")
     );
 }
