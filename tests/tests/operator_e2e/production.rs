@@ -1,81 +1,27 @@
-//! The e2e steps of what a production app needs: the Gateway API route (Degraded without the
-//! Gateway API CRDs, then created, schema-checked and reported once they are installed), Secret
+//! The e2e steps of what a production app needs: the Gateway API route (`gateway.rs`), Secret
 //! rotation (a referenced value rolls the pods, an unreferenced key does not), autoscaling
 //! (`spec.replicas` handed to the autoscaler, `kubectl scale` not reverted) and pod settings.
-//!
-//! The Gateway API CRDs come from `tests/gateway-api/` (Apache-2.0, Kubernetes Authors); they
-//! are installed only when the cluster has none, and then removed again at the end.
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result, anyhow, ensure};
-use gateway_api::httproutes::HttpRoute;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::wait::conditions;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use taskstream_operator::crd::TaskStream;
 use taskstream_operator::resources::{SECRET_HASH_ANNOTATION, SIDECAR_CONTAINER};
 
-use super::{USER, apply_secret, apply_ts, exists, step, ts_condition, wait_for};
+use super::{USER, apply_secret, apply_ts, exists, step, wait_for};
 
-const GATEWAY_CRDS: &str = include_str!("../../gateway-api/standard-crds-v1.5.1.yaml");
+#[path = "gateway.rs"]
+mod gateway;
+pub use gateway::GatewayCrds;
 
-/// The Gateway API CRDs this test installed (and so removes).
-#[derive(Default)]
-pub struct GatewayCrds {
-    installed: Vec<String>,
-}
-
-impl GatewayCrds {
-    /// Removes the CRDs this test installed; a failure is printed, not raised (cleanup).
-    pub async fn remove_if_installed(&self, client: &Client) {
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        for name in &self.installed {
-            if let Err(e) = crds.delete(name, &DeleteParams::background()).await {
-                println!("cleanup: deleting CRD {name}: {e}");
-            }
-        }
-    }
-
-    async fn install(&mut self, client: &Client) -> Result<()> {
-        use serde::Deserialize;
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        for doc in serde_norway::Deserializer::from_str(GATEWAY_CRDS) {
-            let crd = CustomResourceDefinition::deserialize(doc).context("gateway API CRD")?;
-            let name = crd.name_any();
-            crds.patch(
-                &name,
-                &PatchParams::apply(USER).force(),
-                &Patch::Apply(&crd),
-            )
-            .await
-            .with_context(|| format!("installing CRD {name}"))?;
-            self.installed.push(name.clone());
-            wait_for(
-                &crds,
-                &name,
-                "the Gateway API CRD to be established",
-                conditions::is_crd_established(),
-            )
-            .await?;
-        }
-        Ok(())
-    }
-}
-
-async fn serves_httproutes(client: &Client) -> bool {
-    client
-        .list_api_group_resources("gateway.networking.k8s.io/v1")
-        .await
-        .is_ok_and(|l| l.resources.iter().any(|r| r.name == "httproutes"))
-}
-
-fn base_spec() -> Value {
+pub fn base_spec() -> Value {
     json!({
         "app": {"image": "registry.example/shop:1", "port": 8000},
         "redis": {"url": "redis://redis.example:6379/0"},
@@ -114,7 +60,7 @@ async fn observed(tss: &Api<TaskStream>, name: &str, generation: Option<i64>) ->
 pub async fn scenario(client: &Client, ns: &str, crds: &mut GatewayCrds) -> Result<()> {
     step(
         "gateway: HTTPRoute, Degraded without the Gateway API",
-        gateway(client, ns, crds),
+        gateway::gateway(client, ns, crds),
     )
     .await?;
     step(
@@ -130,154 +76,6 @@ pub async fn scenario(client: &Client, ns: &str, crds: &mut GatewayCrds) -> Resu
     step(
         "pod settings land in the deployment",
         pod_settings(client, ns),
-    )
-    .await?;
-    Ok(())
-}
-
-async fn gateway(client: &Client, ns: &str, crds: &mut GatewayCrds) -> Result<()> {
-    let tss: Api<TaskStream> = Api::namespaced(client.clone(), ns);
-    let routes: Api<HttpRoute> = Api::namespaced(client.clone(), ns);
-    let mut spec = base_spec();
-    spec["gateway"] = json!({
-        "parentRefs": [{"name": "public"}],
-        "hostnames": ["shop.example.com"],
-    });
-
-    if serves_httproutes(client).await {
-        println!(
-            "e2e: skipping the 'Gateway API not installed' case: this cluster has the CRDs \
-             (they are not removed, since this test did not install them)"
-        );
-        apply_ts(&tss, "routed", spec.clone()).await?;
-    } else {
-        apply_ts(&tss, "routed", spec.clone()).await?;
-        wait_for(
-            &tss,
-            "routed",
-            "Degraded=True GatewayAPIMissing",
-            |t: Option<&TaskStream>| {
-                t.and_then(|t| ts_condition(t, "Degraded"))
-                    == Some(("True".into(), "GatewayAPIMissing".into()))
-            },
-        )
-        .await?;
-        // The other children are there all the same: only the route is missing.
-        let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-        wait_for(&deployments, "routed", "the deployment", exists).await?;
-        crds.install(client).await?;
-        println!("e2e: Gateway API CRDs installed; waiting for the operator's retry");
-    }
-
-    // A Gateway with an HTTPS listener for the host: the status URL follows it.
-    let gateways: Api<gateway_api::gateways::Gateway> = Api::namespaced(client.clone(), ns);
-    let gateway = json!({
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-        "metadata": {"name": "public"},
-        "spec": {"gatewayClassName": "example", "listeners": [
-            {"name": "http", "protocol": "HTTP", "port": 80},
-            {"name": "https", "protocol": "HTTPS", "port": 443, "hostname": "*.example.com",
-             "tls": {"mode": "Terminate", "certificateRefs": [{"name": "wildcard-tls"}]}},
-        ]},
-    });
-    gateways
-        .patch(
-            "public",
-            &PatchParams::apply(USER).force(),
-            &Patch::Apply(&gateway),
-        )
-        .await
-        .context("applying the Gateway")?;
-
-    let route = wait_for(&routes, "routed", "the HTTPRoute", exists)
-        .await?
-        .ok_or_else(|| anyhow!("route vanished"))?;
-    let ts = tss.get("routed").await?;
-    ensure!(
-        route
-            .owner_references()
-            .iter()
-            .any(|o| Some(&o.uid) == ts.uid().as_ref() && o.controller == Some(true)),
-        "HTTPRoute not controlled by the taskstream"
-    );
-    let rules = route.spec.rules.clone().unwrap_or_default();
-    let backend = rules
-        .first()
-        .and_then(|r| r.backend_refs.as_ref())
-        .and_then(|b| b.first())
-        .ok_or_else(|| anyhow!("no backendRef"))?;
-    ensure!(
-        backend.name == "routed" && backend.port == Some(80),
-        "backendRef {backend:?}"
-    );
-    // No Gateway controller runs here: the route is applied (the schema took it), not accepted.
-    wait_for(
-        &tss,
-        "routed",
-        "Degraded=False, RouteAccepted=Unknown, the URL through the Gateway",
-        |t: Option<&TaskStream>| {
-            t.is_some_and(|t| {
-                ts_condition(t, "Degraded").is_some_and(|c| c.0 == "False")
-                    && ts_condition(t, "RouteAccepted").is_some_and(|c| c.0 == "Unknown")
-                    && t.status.as_ref().and_then(|s| s.url.as_deref())
-                        == Some("wss://shop.example.com/ws/tasks/")
-            })
-        },
-    )
-    .await?;
-
-    // A stand-in Gateway controller refuses the route; a touch of the TaskStream makes the
-    // operator look again (a real controller's write is seen through the HTTPRoute watch).
-    let refusal = json!({
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-        "metadata": {"name": "routed"},
-        "status": {"parents": [{
-            "parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway",
-                          "name": "public"},
-            "controllerName": "example.net/gateway-controller",
-            "conditions": [{"type": "Accepted", "status": "False",
-                            "reason": "NotAllowedByListeners",
-                            "message": "no listener allows routes from this namespace",
-                            "observedGeneration": route.metadata.generation.unwrap_or(1),
-                            "lastTransitionTime": "2026-01-01T00:00:00Z"}],
-        }]},
-    });
-    routes
-        .patch_status(
-            "routed",
-            &PatchParams::apply("e2e-gateway-controller").force(),
-            &Patch::Apply(&refusal),
-        )
-        .await
-        .context("writing the route's refusal")?;
-    tss.patch(
-        "routed",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"e2e/touch": "1"}}})),
-    )
-    .await?;
-    wait_for(
-        &tss,
-        "routed",
-        "Ready=False RouteNotAccepted",
-        |t: Option<&TaskStream>| {
-            t.is_some_and(|t| {
-                ts_condition(t, "Ready") == Some(("False".into(), "RouteNotAccepted".into()))
-                    && ts_condition(t, "RouteAccepted")
-                        == Some(("False".into(), "NotAllowedByListeners".into()))
-            })
-        },
-    )
-    .await?;
-
-    // Dropping spec.gateway deletes the route.
-    let uid = route.uid().unwrap_or_default();
-    apply_ts(&tss, "routed", base_spec()).await?;
-    wait_for(
-        &routes,
-        "routed",
-        "the HTTPRoute to be deleted",
-        conditions::is_deleted(&uid),
     )
     .await?;
     Ok(())
