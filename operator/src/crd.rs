@@ -174,10 +174,10 @@ pub struct RedisTlsSpec {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct RedisSentinelSpec {
-    /// Sentinel addresses, `host:port`.
+    /// Sentinel addresses, `host:port` (`[address]:port` for IPv6).
     #[schemars(
         length(min = 1, max = 16),
-        inner(regex(pattern = r"^[^:/ ]+:[0-9]{1,5}$"))
+        inner(regex(pattern = r"^(\[[0-9A-Fa-f:.]+\]|[^:/ \[\]]+):[0-9]{1,5}$"))
     )]
     pub hosts: Vec<String>,
     /// Name of the monitored master.
@@ -382,7 +382,15 @@ pub struct GatewaySpec {
     pub parent_refs: Vec<GatewayParentRef>,
     /// Host names the route answers for; the first one is the URL in the status. Unset: every
     /// host name of the Gateway's listeners.
-    #[schemars(length(max = 16))]
+    #[schemars(
+        length(max = 16),
+        inner(
+            length(min = 1, max = 253),
+            regex(
+                pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+            )
+        )
+    )]
     pub hostnames: Option<Vec<String>>,
 }
 

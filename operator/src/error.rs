@@ -115,6 +115,11 @@ impl Error {
             Error::SecretKeyNotFound { .. } => Some("SecretKeyNotFound"),
             Error::InvalidSpec { .. } => Some("InvalidSpec"),
             Error::GatewayApiMissing { .. } => Some("GatewayAPIMissing"),
+            // The API server refused a child as invalid: a pass-through setting (`spec.pod`,
+            // `app.volumeMounts`, ...) the schema could not check. Retrying will not fix it.
+            Error::Kube { source, .. } if matches!(source.as_ref(), kube::Error::Api(s) if s.code == 422) => {
+                Some("ChildInvalid")
+            }
             _ => None,
         }
     }

@@ -567,6 +567,11 @@ async fn refused_specs(client: &Client, ns: &str) -> Result<()> {
     let mut host = base.clone();
     host["redis"]["sentinel"] = json!({"hosts": ["s1"], "masterName": "m"});
     cases.push(("sentinel host without port", host, "should match"));
+    let mut hostname = base.clone();
+    hostname.as_object_mut().map(|s| s.remove("ingress"));
+    hostname["gateway"] =
+        json!({"parentRefs": [{"name": "public"}], "hostnames": ["Shop_Example"]});
+    cases.push(("invalid route hostname", hostname, "should match"));
     let mut history = base.clone();
     history["history"] = json!({"size": 100001});
     cases.push((

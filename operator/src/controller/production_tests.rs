@@ -108,6 +108,27 @@ async fn missing_gateway_api_degrades_without_crashing() {
 }
 
 #[tokio::test]
+async fn a_child_the_api_server_refuses_degrades_with_its_message() {
+    // E.g. app.volumeMounts naming a volume that spec.pod.volumes lacks: only the API server
+    // can tell, and retrying will not help, so the user must see it.
+    let (result, seen) = reconcile_with(TaskStream::test(), Scenario::ApplyInvalid).await;
+    let err = result.expect_err("invalid deployment");
+    assert_eq!(err.metric_label(), "kube_api");
+    let degraded = condition(&seen[0], "Degraded");
+    assert_eq!(
+        (degraded["status"].as_str(), degraded["reason"].as_str()),
+        (Some("True"), Some("ChildInvalid"))
+    );
+    assert!(
+        degraded["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("volumeMounts[0].name: Not found")),
+        "{degraded}"
+    );
+    assert_eq!(seen[1]["reason"], "ChildInvalid");
+}
+
+#[tokio::test]
 async fn autoscaled_deployment_starts_at_min_replicas_with_hpa_and_pdb() {
     let ts = TaskStream::test().with_autoscaling(2, 6);
     let (result, seen) = reconcile_with(ts, Scenario::AutoscaleCreate).await;

@@ -462,5 +462,29 @@ async fn pod_settings(client: &Client, ns: &str) -> Result<()> {
         sc.run_as_non_root == Some(true) && sc.read_only_root_filesystem == Some(true),
         "sidecar hardening"
     );
+
+    // A mount of a volume the pod lacks: only the API server can tell; the user sees why.
+    let mut broken = base_spec();
+    broken["app"]["volumeMounts"] = json!([{"name": "missing", "mountPath": "/data"}]);
+    apply_ts(&tss, "broken", broken).await?;
+    let ts = wait_for(
+        &tss,
+        "broken",
+        "Degraded=True ChildInvalid",
+        |t: Option<&TaskStream>| {
+            t.and_then(|t| super::ts_condition(t, "Degraded"))
+                == Some(("True".into(), "ChildInvalid".into()))
+        },
+    )
+    .await?
+    .ok_or_else(|| anyhow!("taskstream vanished"))?;
+    let message = ts
+        .status
+        .iter()
+        .flat_map(|s| s.conditions.iter())
+        .find(|c| c.type_ == "Degraded")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    ensure!(message.contains("missing"), "message: {message}");
     Ok(())
 }
