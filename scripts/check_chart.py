@@ -33,6 +33,7 @@ CHART = ROOT / "charts" / "taskstream"
 CRD_FILE = ROOT / "crds" / "taskstream.dev_taskstreams.yaml"
 CHART_CRD = CHART / "files" / "crds" / "taskstream.dev_taskstreams.yaml"
 RBAC_TABLE = ROOT / "operator" / "rbac.yaml"
+GATEWAY_CRDS = ROOT / "tests" / "gateway-api" / "standard-crds-v1.5.1.yaml"
 HELM = Path(os.environ.get("HELM", ROOT / ".tools" / "bin" / "helm"))
 OPERATOR = Path(os.environ["TASKSTREAM_OPERATOR"])
 RELEASE, RELEASE_NS = "ts", "taskstream-system"
@@ -146,6 +147,22 @@ def check_crd_copy() -> dict:
 # --- examples ------------------------------------------------------------------------------
 
 
+def gateway_validate(doc: dict, where: str) -> None:
+    """Gateway API objects against their CRDs (the copy the operator e2e test installs)."""
+    key = (doc.get("apiVersion"), doc.get("kind"))
+    schemas = {}
+    for crd in docs(GATEWAY_CRDS.read_text()):
+        for v in crd["spec"]["versions"]:
+            schemas[(f"{crd['spec']['group']}/{v['name']}", crd["spec"]["names"]["kind"])] = v
+    version = schemas.get(key)
+    if version is None:
+        fail(f"{where}: {key[0]} {key[1]}: not in {GATEWAY_CRDS.relative_to(ROOT)}")
+        return
+    validator = jsonschema.Draft7Validator(strict_openapi(version["schema"]["openAPIV3Schema"]))
+    for e in validator.iter_errors(doc):
+        fail(f"{where}: {key[1]}: {'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}")
+
+
 def check_examples(crd: dict) -> None:
     version = crd["spec"]["versions"][0]
     schema = strict_openapi(version["schema"]["openAPIV3Schema"])
@@ -172,6 +189,9 @@ def check_examples(crd: dict) -> None:
         p = run([OPERATOR, "render", "-f", path, "--namespace", "examples"])
         if p.returncode == 0:
             for child in docs(p.stdout):
+                if child.get("apiVersion", "").startswith("gateway.networking.k8s.io/"):
+                    gateway_validate(child, f"render {rel}")
+                    continue
                 k8s_validate(child, f"render {rel}")
                 if child.get("kind") == "Service":
                     ports = [port["port"] for port in child["spec"]["ports"]]

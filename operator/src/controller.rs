@@ -2,38 +2,45 @@
 //! `error_policy` retries failures with a per-object exponential backoff.
 //!
 //! ```text
-//! TaskStream ─┐                       ┌─> check Secrets ─> apply Deployment, Service (SSA)
-//! owned kids ─┼─> Controller ─> reconcile ─> apply or delete PDB, Ingress
+//! TaskStream ─┐                       ┌─> read Secrets (hash) ─> apply Deployment, Service (SSA)
+//! owned kids ─┼─> Controller ─> reconcile ─> apply or delete PDB, HPA, Ingress, HTTPRoute
 //! Secrets ────┘  (metadata only,      └─> status (SSA on /status) ; Event on a problem
 //!                 mapped to referrers)
 //! ```
+//!
+//! HTTPRoutes are watched only when the API server serves them at start-up: a watch of a
+//! missing resource fails forever, and its backoff would delay every other trigger.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use gateway_api::httproutes::HttpRoute;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams};
+use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 use crate::crd::TaskStream;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::resources::{self, FIELD_MANAGER, MANAGED_BY, Params};
-use crate::status::{self, Problem, Rollout};
+use crate::status::{self, Problem, Rollout, Route};
+
+mod children;
+pub use children::REPLICAS_HANDOFF_MANAGER;
+use children::{apply_route, delete_stale, hand_off_replicas, parent_gateway, secret_hash, ssa};
 
 /// First retry delay after a failure; doubles per consecutive failure.
 const BACKOFF_BASE: Duration = Duration::from_secs(5);
@@ -104,7 +111,7 @@ pub async fn reconcile(ts: Arc<TaskStream>, ctx: Arc<Context>) -> Result<Action>
                     reason: reason.into(),
                     message: err.to_string(),
                 };
-                let status = status::compute(&ts, None, Some(&problem), Timestamp::now());
+                let status = status::compute(&ts, None, Some(&problem), None, Timestamp::now());
                 // The original error is what gets retried; a failure to report it is logged.
                 if let Err(e) = patch_status(&ctx.client, &ts, &namespace, &status).await {
                     warn!(error = %e, "reporting degraded status");
@@ -126,11 +133,16 @@ pub fn error_policy(ts: Arc<TaskStream>, err: &Error, ctx: Arc<Context>) -> Acti
 }
 
 async fn apply(ts: &TaskStream, ctx: &Context, namespace: &str) -> Result<Action> {
-    check_secrets(ts, &ctx.client, namespace).await?;
-    let children = resources::build(ts, &ctx.params)?;
-    let name = ts.name_any();
     let client = &ctx.client;
+    let hash = secret_hash(ts, client, namespace).await?;
+    let mut children = resources::build(ts, &ctx.params, hash.as_deref())?;
+    let name = ts.name_any();
 
+    if ts.spec.autoscaling.is_some()
+        && let Some(spec) = children.deployment.spec.as_mut()
+    {
+        spec.replicas = hand_off_replicas(ts, client, namespace).await?;
+    }
     let deployment = ssa(client, namespace, &name, "Deployment", &children.deployment).await?;
     ssa(client, namespace, &name, "Service", &children.service).await?;
     match &children.pdb {
@@ -140,13 +152,39 @@ async fn apply(ts: &TaskStream, ctx: &Context, namespace: &str) -> Result<Action
                 .await?
         }
     }
+    match &children.hpa {
+        Some(hpa) => drop(ssa(client, namespace, &name, "HorizontalPodAutoscaler", hpa).await?),
+        None => {
+            delete_stale::<HorizontalPodAutoscaler>(
+                ts,
+                client,
+                namespace,
+                "HorizontalPodAutoscaler",
+            )
+            .await?
+        }
+    }
     match &children.ingress {
         Some(ing) => drop(ssa(client, namespace, &name, "Ingress", ing).await?),
         None => delete_stale::<Ingress>(ts, client, namespace, "Ingress").await?,
     }
+    let route = match &children.route {
+        Some(route) => {
+            let applied = apply_route(ts, client, namespace, route).await?;
+            let gateway = parent_gateway(ts, client).await;
+            Some(Route {
+                acceptance: resources::route::acceptance(&applied),
+                url: resources::route::route_url(ts, gateway.as_ref()),
+            })
+        }
+        None => {
+            delete_stale::<HttpRoute>(ts, client, namespace, "HTTPRoute").await?;
+            None
+        }
+    };
 
-    let rollout = Rollout::of(&deployment, ts.spec.replicas());
-    let status = status::compute(ts, Some(&rollout), None, Timestamp::now());
+    let rollout = Rollout::of(&deployment, ts.spec.min_replicas());
+    let status = status::compute(ts, Some(&rollout), None, route.as_ref(), Timestamp::now());
     patch_status(client, ts, namespace, &status).await?;
     if let Some(message) = &rollout.stalled {
         let problem = Problem {
@@ -157,126 +195,6 @@ async fn apply(ts: &TaskStream, ctx: &Context, namespace: &str) -> Result<Action
     }
     debug!(taskstream = %name, ready = rollout.ready, "reconciled");
     Ok(Action::requeue(RESYNC))
-}
-
-/// Every referenced Secret key must exist before pods are rolled that would fail without it.
-/// Only key names are looked at; no secret value is read into a log or an object.
-async fn check_secrets(ts: &TaskStream, client: &Client, namespace: &str) -> Result<()> {
-    let mut wanted: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for r in ts.spec.secret_refs() {
-        wanted
-            .entry(r.name.as_str())
-            .or_default()
-            .push(r.key.as_str());
-    }
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    for (secret, keys) in wanted {
-        let found = api.get_opt(secret).await.map_err(|source| Error::Kube {
-            action: "get",
-            kind: "Secret",
-            namespace: namespace.into(),
-            name: secret.into(),
-            source: Box::new(source),
-        })?;
-        let Some(found) = found else {
-            return Err(Error::SecretNotFound {
-                namespace: namespace.into(),
-                name: ts.name_any(),
-                secret: secret.into(),
-            });
-        };
-        for key in keys {
-            let in_data = found.data.as_ref().is_some_and(|d| d.contains_key(key));
-            let in_string_data = found
-                .string_data
-                .as_ref()
-                .is_some_and(|d| d.contains_key(key));
-            if !in_data && !in_string_data {
-                return Err(Error::SecretKeyNotFound {
-                    namespace: namespace.into(),
-                    name: ts.name_any(),
-                    secret: secret.into(),
-                    key: key.into(),
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Server-side apply with the one field manager, forcing ownership of the fields we set.
-async fn ssa<K>(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    kind: &'static str,
-    obj: &K,
-) -> Result<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    api.patch(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await
-    .map_err(|source| Error::Kube {
-        action: "apply",
-        kind,
-        namespace: namespace.into(),
-        name: name.into(),
-        source: Box::new(source),
-    })
-}
-
-/// Deletes a child the spec no longer asks for, if this TaskStream owns it (a same-named object
-/// someone else made is left alone).
-async fn delete_stale<K>(
-    ts: &TaskStream,
-    client: &Client,
-    namespace: &str,
-    kind: &'static str,
-) -> Result<()>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    let name = ts.name_any();
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let kube_err = |action, source| Error::Kube {
-        action,
-        kind,
-        namespace: namespace.into(),
-        name: name.clone(),
-        source: Box::new(source),
-    };
-    let Some(existing) = api.get_opt(&name).await.map_err(|e| kube_err("get", e))? else {
-        return Ok(());
-    };
-    let uid = ts.uid();
-    if !existing
-        .owner_references()
-        .iter()
-        .any(|o| Some(&o.uid) == uid.as_ref())
-    {
-        return Ok(());
-    }
-    match api.delete(&name, &DeleteParams::background()).await {
-        Ok(_) => {
-            info!(taskstream = %name, kind, "deleted child the spec no longer asks for");
-            Ok(())
-        }
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(kube_err("delete", e)),
-    }
 }
 
 async fn patch_status(
@@ -338,6 +256,21 @@ fn referrers(
         .collect()
 }
 
+/// Whether the API server serves HTTPRoutes (the Gateway API CRDs are installed). Discovery is
+/// readable by every authenticated user; any failure counts as "no".
+async fn serves_httproutes(client: &Client) -> bool {
+    match client
+        .list_api_group_resources("gateway.networking.k8s.io/v1")
+        .await
+    {
+        Ok(list) => list.resources.iter().any(|r| r.name == "httproutes"),
+        Err(e) => {
+            debug!(error = %e, "gateway API discovery");
+            false
+        }
+    }
+}
+
 /// Runs the controller until `shutdown` resolves, then lets in-flight reconciles finish.
 pub async fn run(
     ctx: Arc<Context>,
@@ -363,12 +296,23 @@ pub async fn run(
     // Secrets as metadata only: a change (or creation) of a referenced Secret re-triggers its
     // TaskStreams, and no secret data ever streams into the operator.
     let secrets = api::<PartialObjectMeta<Secret>>(&client, ns);
-    info!(namespace = ns.unwrap_or("<all>"), "starting controller");
-    controller
+    let gateway_api = serves_httproutes(&client).await;
+    info!(
+        namespace = ns.unwrap_or("<all>"),
+        gateway_api, "starting controller"
+    );
+    let controller = controller
         .owns(api::<Deployment>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned.clone())
         .owns(api::<PodDisruptionBudget>(&client, ns), owned.clone())
-        .owns(api::<Ingress>(&client, ns), owned)
+        .owns(api::<HorizontalPodAutoscaler>(&client, ns), owned.clone())
+        .owns(api::<Ingress>(&client, ns), owned.clone());
+    let controller = if gateway_api {
+        controller.owns(api::<HttpRoute>(&client, ns), owned)
+    } else {
+        controller
+    };
+    controller
         .watches(secrets, watcher::Config::default(), move |secret| {
             referrers(&store, &secret)
         })
@@ -384,5 +328,7 @@ pub async fn run(
     info!("controller stopped");
 }
 
+#[cfg(test)]
+mod production_tests;
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{EnvFromSource, EnvVar, Probe, ResourceRequirements};
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, EnvFromSource, EnvVar, LocalObjectReference, Probe, ResourceRequirements,
+    Toleration, TopologySpreadConstraint, Volume, VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -35,6 +38,14 @@ pub const DEFAULT_PING_INTERVAL_SECONDS: u32 = 20;
 pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u32 = 25;
 /// Default sidecar log filter.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Certificate key of a `kubernetes.io/tls` Secret.
+pub const TLS_CERT_KEY: &str = "tls.crt";
+/// Private key key of a `kubernetes.io/tls` Secret.
+pub const TLS_KEY_KEY: &str = "tls.key";
+/// Default minimum replicas with `spec.autoscaling`.
+pub const DEFAULT_MIN_REPLICAS: i32 = 1;
+/// Default CPU utilization target with `spec.autoscaling`, in percent of the CPU requests.
+pub const DEFAULT_TARGET_CPU_UTILIZATION: i32 = 80;
 
 /// A web app with real-time task progress: the app container, with the taskstream sidecar in
 /// front of it.
@@ -55,12 +66,21 @@ pub const DEFAULT_LOG_LEVEL: &str = "info";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!(has(self.gateway) && has(self.ingress))").message("set only one of gateway and ingress"),
+    validation = Rule::new("!(has(self.replicas) && has(self.autoscaling))").message("set only one of replicas and autoscaling: the HorizontalPodAutoscaler owns the replica count")
+)]
 pub struct TaskStreamSpec {
     /// The user's app container. The sidecar proxies plain HTTP to it on localhost.
     pub app: AppSpec,
     /// Number of pods (default 1). A PodDisruptionBudget is created when greater than 1.
+    /// Not allowed with `autoscaling`.
     #[schemars(range(min = 0, max = 100))]
     pub replicas: Option<i32>,
+    /// Scale the pods on CPU with a HorizontalPodAutoscaler (autoscaling/v2). While it is set,
+    /// the operator leaves the Deployment's replica count to the autoscaler (and to
+    /// `kubectl scale`). Not allowed with `replicas`.
+    pub autoscaling: Option<AutoscalingSpec>,
     /// Where task progress messages come from.
     pub redis: RedisSpec,
     /// WebSocket endpoint settings.
@@ -69,8 +89,15 @@ pub struct TaskStreamSpec {
     pub auth: AuthSpec,
     /// The taskstream sidecar container.
     pub sidecar: Option<SidecarSpec>,
-    /// Expose the app through an Ingress (networking.k8s.io/v1).
+    /// Event history kept in Redis, so clients that reconnect get what they missed.
+    pub history: Option<HistorySpec>,
+    /// Expose the app through an Ingress (networking.k8s.io/v1). Not allowed with `gateway`.
     pub ingress: Option<IngressSpec>,
+    /// Expose the app through a Gateway API HTTPRoute (gateway.networking.k8s.io/v1) attached
+    /// to existing Gateways. Not allowed with `ingress`.
+    pub gateway: Option<GatewaySpec>,
+    /// Settings of the pod, passed through to the Deployment's pod template.
+    pub pod: Option<PodSettings>,
 }
 
 /// The user's app container.
@@ -98,12 +125,17 @@ pub struct AppSpec {
     pub readiness_probe: Option<Probe>,
     /// Liveness probe of the app container.
     pub liveness_probe: Option<Probe>,
+    /// Volumes (from `pod.volumes`) mounted into the app container.
+    pub volume_mounts: Option<Vec<VolumeMount>>,
 }
 
 /// Redis connection of the sidecar.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.url) != has(self.urlSecretRef)").message("exactly one of redis.url and redis.urlSecretRef must be set"))]
+#[x_kube(
+    validation = Rule::new("has(self.url) != has(self.urlSecretRef)").message("exactly one of redis.url and redis.urlSecretRef must be set"),
+    validation = Rule::new("!(has(self.sentinel) && has(self.cluster) && self.cluster)").message("set only one of redis.sentinel and redis.cluster")
+)]
 pub struct RedisSpec {
     /// Redis URL (`redis://` or `rediss://`). Use `urlSecretRef` when it holds a password.
     #[schemars(regex(pattern = r"^rediss?://"))]
@@ -112,6 +144,56 @@ pub struct RedisSpec {
     pub url_secret_ref: Option<SecretKeyRef>,
     /// Prefix of the Redis channels (default `taskstream:`).
     pub channel_prefix: Option<String>,
+    /// TLS settings (with a `rediss://` URL). Certificates are mounted from Secrets as
+    /// read-only files, never copied into the Deployment.
+    pub tls: Option<RedisTlsSpec>,
+    /// Find the Redis master through Redis Sentinel. Password, database and TLS still come from
+    /// the URL; its host is then not used. Not allowed with `cluster`.
+    pub sentinel: Option<RedisSentinelSpec>,
+    /// The URL (comma-separated seed URLs allowed) is a Redis Cluster. Not allowed with
+    /// `sentinel`.
+    pub cluster: Option<bool>,
+}
+
+/// TLS towards Redis.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisTlsSpec {
+    /// Secret key holding the PEM CA bundle that signs the Redis server certificate (default:
+    /// the system roots). Mounted into the sidecar as a file.
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// A `kubernetes.io/tls` Secret (keys `tls.crt` and `tls.key`) with the client certificate
+    /// for mutual TLS. Mounted into the sidecar as files.
+    pub client_cert_secret_ref: Option<SecretNameRef>,
+    /// Do not verify the server certificate. Only for testing: anyone on the path can read and
+    /// change the traffic.
+    pub insecure_skip_verify: Option<bool>,
+}
+
+/// Redis Sentinel.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSentinelSpec {
+    /// Sentinel addresses, `host:port` (`[address]:port` for IPv6).
+    #[schemars(
+        length(min = 1, max = 16),
+        inner(regex(pattern = r"^(\[[0-9A-Fa-f:.]+\]|[^:/ \[\]]+):[0-9]{1,5}$"))
+    )]
+    pub hosts: Vec<String>,
+    /// Name of the monitored master.
+    #[schemars(length(min = 1, max = 253))]
+    pub master_name: String,
+    /// Secret key holding the sentinels' own password, when they require one.
+    pub password_secret_ref: Option<SecretKeyRef>,
+}
+
+/// A Secret of the TaskStream's namespace, by name.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretNameRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 /// A key in a Secret of the TaskStream's namespace.
@@ -233,6 +315,128 @@ pub struct SidecarSpec {
     pub shutdown_grace_seconds: Option<u32>,
     /// `RUST_LOG` filter of the sidecar (default `info`).
     pub log_level: Option<String>,
+    /// Log format of the sidecar: `json` (default: one object a line, for log collectors) or
+    /// `text`.
+    pub log_format: Option<SidecarLogFormat>,
+}
+
+/// Log format of the sidecar.
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum SidecarLogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    #[default]
+    Json,
+}
+
+impl SidecarLogFormat {
+    /// The value of `TASKSTREAM_LOG_FORMAT`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SidecarLogFormat::Text => "text",
+            SidecarLogFormat::Json => "json",
+        }
+    }
+}
+
+/// Event history, kept per group in Redis by the sidecar.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HistorySpec {
+    /// Events kept per group; 0 turns history off.
+    #[schemars(range(min = 0, max = 100000))]
+    pub size: u32,
+    /// A group's history expires this long after its last event, in seconds (sidecar default:
+    /// 600).
+    #[schemars(range(min = 1, max = 604800))]
+    pub ttl_seconds: Option<u32>,
+}
+
+/// Scaling on CPU with a HorizontalPodAutoscaler. The containers need CPU requests
+/// (`app.resources`, `sidecar.resources`) for utilization to be measured.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.minReplicas) || self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must not exceed autoscaling.maxReplicas"))]
+pub struct AutoscalingSpec {
+    /// Fewest pods (default 1). A PodDisruptionBudget is created when greater than 1.
+    #[schemars(range(min = 1, max = 100))]
+    pub min_replicas: Option<i32>,
+    /// Most pods.
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replicas: i32,
+    /// Average CPU utilization to keep, in percent of the pods' CPU requests (default 80).
+    #[schemars(range(min = 1, max = 1000))]
+    pub target_cpu_utilization_percentage: Option<i32>,
+}
+
+/// A Gateway API HTTPRoute to the app.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// Gateways (or one listener of each, by `sectionName`) the route attaches to.
+    #[schemars(length(min = 1, max = 32))]
+    pub parent_refs: Vec<GatewayParentRef>,
+    /// Host names the route answers for; the first one is the URL in the status. Unset: every
+    /// host name of the Gateway's listeners.
+    #[schemars(
+        length(max = 16),
+        inner(
+            length(min = 1, max = 253),
+            regex(
+                pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+            )
+        )
+    )]
+    pub hostnames: Option<Vec<String>>,
+}
+
+/// A Gateway the route attaches to.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayParentRef {
+    /// Name of the Gateway.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Namespace of the Gateway (default: the TaskStream's). The Gateway's listener must allow
+    /// routes from this namespace.
+    pub namespace: Option<String>,
+    /// Name of one listener of the Gateway (default: every listener that accepts the route).
+    pub section_name: Option<String>,
+}
+
+/// Settings of the pod. Where the operator sets the same thing (its labels, its annotations,
+/// its `taskstream-*` volumes), the operator's wins.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSettings {
+    /// ServiceAccount the pod runs as.
+    pub service_account_name: Option<String>,
+    /// Secrets with credentials for private image registries.
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    /// Nodes the pod may run on, by label.
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Taints the pod tolerates.
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Node and pod affinity of the pod.
+    pub affinity: Option<Affinity>,
+    /// How pods spread across zones or nodes.
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    /// PriorityClass of the pod.
+    pub priority_class_name: Option<String>,
+    /// Extra labels of the pod; the operator's `app.kubernetes.io/*` labels win.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Extra annotations of the pod; the operator's `taskstream.dev/*` annotations win.
+    pub annotations: Option<BTreeMap<String, String>>,
+    /// Volumes of the pod, for `app.volumeMounts` and `initContainers`. Names starting with
+    /// `taskstream-` are the operator's.
+    pub volumes: Option<Vec<Volume>>,
+    /// Containers run to completion before the app starts (e.g. database migrations), in
+    /// order, before the sidecar.
+    pub init_containers: Option<Vec<Container>>,
 }
 
 /// Ingress for the app and its WebSocket endpoint.
@@ -270,9 +474,17 @@ pub struct TaskStreamStatus {
 }
 
 impl TaskStreamSpec {
-    /// Desired replicas.
+    /// Desired replicas without autoscaling.
     pub fn replicas(&self) -> i32 {
         self.replicas.unwrap_or(1)
+    }
+
+    /// The fewest pods the spec asks for: `autoscaling.minReplicas`, else `replicas`.
+    pub fn min_replicas(&self) -> i32 {
+        match &self.autoscaling {
+            Some(a) => a.min_replicas.unwrap_or(DEFAULT_MIN_REPLICAS),
+            None => self.replicas(),
+        }
     }
 
     /// The WebSocket path.
@@ -296,129 +508,37 @@ impl TaskStreamSpec {
             .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECONDS)
     }
 
-    /// Every Secret key the pods need: the operator checks they exist before rolling pods.
-    pub fn secret_refs(&self) -> Vec<&SecretKeyRef> {
+    /// Every Secret key the pods need: the operator checks they exist before rolling pods, and
+    /// a change of any of their values rolls the pods.
+    pub fn secret_refs(&self) -> Vec<SecretKeyRef> {
         let mut refs = Vec::new();
-        refs.extend(self.redis.url_secret_ref.as_ref());
+        refs.extend(self.redis.url_secret_ref.clone());
+        if let Some(tls) = &self.redis.tls {
+            refs.extend(tls.ca_secret_ref.clone());
+            if let Some(client) = &tls.client_cert_secret_ref {
+                for key in [TLS_CERT_KEY, TLS_KEY_KEY] {
+                    refs.push(SecretKeyRef {
+                        name: client.name.clone(),
+                        key: key.into(),
+                    });
+                }
+            }
+        }
+        if let Some(sentinel) = &self.redis.sentinel {
+            refs.extend(sentinel.password_secret_ref.clone());
+        }
         if self.auth.mode == AuthMode::Jwt
             && let Some(jwt) = &self.auth.jwt
         {
-            refs.extend(jwt.secret_ref.as_ref());
-            refs.extend(jwt.public_key_ref.as_ref());
+            refs.extend(jwt.secret_ref.clone());
+            refs.extend(jwt.public_key_ref.clone());
         }
         refs
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kube::{CustomResourceExt, Resource};
-
-    #[test]
-    fn api_version_is_pinned() {
-        assert_eq!(TaskStream::api_version(&()), "taskstream.dev/v1alpha1");
-        assert_eq!(TaskStream::kind(&()), "TaskStream");
-        assert_eq!(TaskStream::plural(&()), "taskstreams");
-        assert_eq!(format!("{GROUP}/{VERSION}"), "taskstream.dev/v1alpha1");
-    }
-
-    #[test]
-    fn crd_has_shortname_status_and_columns() {
-        let crd = TaskStream::crd();
-        assert_eq!(crd.spec.scope, "Namespaced");
-        assert_eq!(crd.spec.names.short_names, Some(vec!["ts".to_string()]));
-        let version = &crd.spec.versions[0];
-        assert!(
-            version
-                .subresources
-                .as_ref()
-                .and_then(|s| s.status.as_ref())
-                .is_some()
-        );
-        let columns: Vec<_> = version
-            .additional_printer_columns
-            .iter()
-            .flatten()
-            .map(|c| c.name.as_str())
-            .collect();
-        assert_eq!(columns, ["Ready", "Replicas", "URL", "Age"]);
-    }
-
-    #[test]
-    fn crd_carries_cel_rules_and_ranges() {
-        let json = serde_json::to_string(&TaskStream::crd()).expect("crd serializes");
-        for rule in [
-            "has(self.url) != has(self.urlSecretRef)",
-            "self.mode != 'jwt' || (has(self.jwt)",
-            "!(has(self.secretRef) && has(self.publicKeyRef))",
-            "self != 8080 && self != 9090",
-        ] {
-            assert!(json.contains(rule), "missing CEL rule {rule}");
-        }
-        assert!(json.contains(r#""pattern":"^/""#), "path pattern");
-        assert!(json.contains(r#""maximum":65535"#), "port range");
-        assert!(json.contains(r#""maximum":100"#), "replicas range");
-    }
-
-    #[test]
-    fn secret_refs_follow_the_auth_mode() {
-        let mut spec = TaskStreamSpec {
-            app: AppSpec::default(),
-            replicas: None,
-            redis: RedisSpec {
-                url_secret_ref: Some(SecretKeyRef {
-                    name: "redis".into(),
-                    key: "url".into(),
-                }),
-                ..Default::default()
-            },
-            websocket: None,
-            auth: AuthSpec {
-                mode: AuthMode::Jwt,
-                jwt: Some(JwtSpec {
-                    secret_ref: Some(SecretKeyRef {
-                        name: "jwt".into(),
-                        key: "secret".into(),
-                    }),
-                    ..Default::default()
-                }),
-                forward: None,
-            },
-            sidecar: None,
-            ingress: None,
-        };
-        assert_eq!(spec.secret_refs().len(), 2);
-        spec.auth.mode = AuthMode::None;
-        assert_eq!(spec.secret_refs().len(), 1);
-    }
-}
-
-/// The CRD as YAML, exactly as committed in `crds/taskstream.dev_taskstreams.yaml`.
-pub fn crd_yaml() -> Result<String, serde_norway::Error> {
-    use kube::CustomResourceExt;
-    let body = serde_norway::to_string(&TaskStream::crd())?;
-    Ok(format!(
-        "# Generated by `cargo run -p taskstream-operator -- crd`. Do not edit.\n{body}"
-    ))
-}
+mod schema;
+pub use schema::{crd, crd_yaml};
 
 #[cfg(test)]
-mod generated {
-    /// CI's guard against a stale CRD: the committed file must be what the types generate.
-    #[test]
-    fn committed_crd_is_up_to_date() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../crds/taskstream.dev_taskstreams.yaml"
-        );
-        let committed = std::fs::read_to_string(path).unwrap_or_default();
-        let generated = super::crd_yaml().expect("crd serializes to yaml");
-        assert!(
-            committed == generated,
-            "crds/taskstream.dev_taskstreams.yaml is stale: run \
-             `cargo run -p taskstream-operator -- crd > crds/taskstream.dev_taskstreams.yaml` \
-             and commit the result"
-        );
-    }
-}
+mod tests;

@@ -27,6 +27,13 @@ pub enum Error {
     #[error("taskstream {name}: invalid spec: {reason}")]
     InvalidSpec { name: String, reason: String },
 
+    /// `spec.gateway` is set but the cluster has no HTTPRoute API (Gateway API CRDs missing).
+    #[error(
+        "taskstream {namespace}/{name}: spec.gateway needs the Gateway API: HTTPRoute \
+         (gateway.networking.k8s.io/v1) is not installed in this cluster"
+    )]
+    GatewayApiMissing { namespace: String, name: String },
+
     /// An object lacks a field the operator needs (a name or namespace).
     #[error("{kind} has no {field}")]
     MissingField {
@@ -89,6 +96,7 @@ impl Error {
             Error::SecretNotFound { .. } => "secret_not_found",
             Error::SecretKeyNotFound { .. } => "secret_key_not_found",
             Error::InvalidSpec { .. } => "invalid_spec",
+            Error::GatewayApiMissing { .. } => "gateway_api_missing",
             Error::MissingField { .. } => "missing_field",
             Error::Kube { .. } => "kube_api",
             Error::Serialize { .. } => "serialize",
@@ -106,6 +114,12 @@ impl Error {
             Error::SecretNotFound { .. } => Some("SecretNotFound"),
             Error::SecretKeyNotFound { .. } => Some("SecretKeyNotFound"),
             Error::InvalidSpec { .. } => Some("InvalidSpec"),
+            Error::GatewayApiMissing { .. } => Some("GatewayAPIMissing"),
+            // The API server refused a child as invalid: a pass-through setting (`spec.pod`,
+            // `app.volumeMounts`, ...) the schema could not check. Retrying will not fix it.
+            Error::Kube { source, .. } if matches!(source.as_ref(), kube::Error::Api(s) if s.code == 422) => {
+                Some("ChildInvalid")
+            }
             _ => None,
         }
     }

@@ -1,6 +1,6 @@
 //! `taskstream-operator`: parse the command line, start logging, call the library.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
@@ -58,9 +58,14 @@ fn render_cmd(args: taskstream_operator::RenderArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Logs go to stderr (stdout is for `crd` and `render` output); colours only on a terminal, so
+/// `kubectl logs` and log collectors get no escape sequences.
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -45,7 +45,7 @@ pub fn render(
         if ts.metadata.namespace.is_none() {
             ts.metadata.namespace = Some(default_namespace.to_string());
         }
-        let children = resources::build(&ts, params)?;
+        let children = resources::build(&ts, params, None)?;
         let yaml = |obj: &dyn erased::Yaml| {
             obj.yaml()
                 .map_err(|e| manifest_err(format!("serialize: {e}")))
@@ -55,8 +55,14 @@ pub fn render(
         if let Some(pdb) = &children.pdb {
             out.push_str(&format!("---\n{}", yaml(pdb)?));
         }
+        if let Some(hpa) = &children.hpa {
+            out.push_str(&format!("---\n{}", yaml(hpa)?));
+        }
         if let Some(ing) = &children.ingress {
             out.push_str(&format!("---\n{}", yaml(ing)?));
+        }
+        if let Some(route) = &children.route {
+            out.push_str(&format!("---\n{}", yaml(route)?));
         }
         count += 1;
     }
@@ -117,7 +123,7 @@ spec:
         let out = render(MANIFEST, "ts.yaml", &params(), "apps").expect("renders");
         let mut ts: TaskStream = serde_norway::from_str(MANIFEST).expect("taskstream");
         ts.metadata.namespace = Some("apps".into());
-        let children = resources::build(&ts, &params()).expect("builds");
+        let children = resources::build(&ts, &params(), None).expect("builds");
         let first: Value = serde_norway::Deserializer::from_str(&out)
             .map(|d| Value::deserialize(d).expect("yaml"))
             .next()

@@ -1,4 +1,5 @@
-//! The TaskStream's status, computed from the spec, the applied Deployment and any problem.
+//! The TaskStream's status, computed from the spec, the applied Deployment, the HTTPRoute's
+//! acceptance by its Gateways and any problem.
 //!
 //! Pure, so it is tested without an API server. A condition's `lastTransitionTime` moves only
 //! when its status flips: an unchanged world yields a byte-identical status, and the status
@@ -9,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::crd::{TaskStream, TaskStreamStatus};
+use crate::resources::route::Acceptance;
 use crate::resources::status_url;
 
 /// A problem the user must fix, as shown in the `Degraded` condition.
@@ -23,6 +25,8 @@ pub struct Problem {
 /// What the Deployment says about the rollout.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Rollout {
+    /// The Deployment's replica count (the autoscaler's, with `spec.autoscaling`).
+    pub desired: i32,
     pub ready: i32,
     pub in_progress: bool,
     /// The Deployment's own `Progressing=False` message when its progress deadline passed.
@@ -30,8 +34,14 @@ pub struct Rollout {
 }
 
 impl Rollout {
-    /// Reads the rollout state of an applied Deployment.
-    pub fn of(deployment: &Deployment, desired: i32) -> Self {
+    /// Reads the rollout state of an applied Deployment; `fallback` is the desired count when
+    /// the Deployment has none yet.
+    pub fn of(deployment: &Deployment, fallback: i32) -> Self {
+        let desired = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(fallback);
         let status = deployment.status.clone().unwrap_or_default();
         let generation = deployment.metadata.generation.unwrap_or(0);
         let observed = status.observed_generation.unwrap_or(0) >= generation;
@@ -45,6 +55,7 @@ impl Rollout {
             .then(|| c.message.clone().unwrap_or_default())
         });
         Self {
+            desired,
             ready,
             in_progress: !observed || updated < desired || total > updated || ready < desired,
             stalled,
@@ -52,17 +63,31 @@ impl Rollout {
     }
 }
 
+/// The applied HTTPRoute, as the status sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    pub acceptance: Acceptance,
+    /// The URL through the route's Gateway, when it could be worked out.
+    pub url: Option<String>,
+}
+
 /// The status to apply. `rollout` is `None` when the children could not be applied (a problem
-/// stopped the reconcile first); the replica counts then keep their last known values.
+/// stopped the reconcile first); the replica counts then keep their last known values. `route`
+/// is the applied HTTPRoute (with `spec.gateway`).
 pub fn compute(
     ts: &TaskStream,
     rollout: Option<&Rollout>,
     problem: Option<&Problem>,
+    route: Option<&Route>,
     now: Timestamp,
 ) -> TaskStreamStatus {
     let old = ts.status.clone().unwrap_or_default();
     let generation = ts.metadata.generation;
-    let desired = ts.spec.replicas();
+    let desired = match (rollout, &ts.spec.autoscaling) {
+        (Some(r), _) => r.desired,
+        (None, Some(_)) => old.replicas.unwrap_or(ts.spec.min_replicas()),
+        (None, None) => ts.spec.replicas(),
+    };
     let ready = rollout.map(|r| r.ready).or(old.ready_replicas).unwrap_or(0);
     let stalled = rollout
         .and_then(|r| r.stalled.clone())
@@ -72,8 +97,21 @@ pub fn compute(
         });
     let problem = problem.cloned().or(stalled);
     let in_progress = rollout.is_some_and(|r| r.in_progress);
+    // A Gateway refusing the route is the user's to fix, but it blocks no rollout.
+    let refused = route.and_then(|r| match &r.acceptance {
+        Acceptance::Refused {
+            gateway,
+            reason,
+            message,
+        } => Some(Problem {
+            reason: "RouteNotAccepted".into(),
+            message: format!("gateway {gateway} refused the route: {reason}: {message}"),
+        }),
+        _ => None,
+    });
+    let shown = problem.clone().or(refused);
 
-    let (ready_status, ready_reason, ready_message) = match &problem {
+    let (ready_status, ready_reason, ready_message) = match &shown {
         Some(p) => ("False", p.reason.clone(), p.message.clone()),
         None if ready >= desired && !in_progress => (
             "True",
@@ -103,7 +141,7 @@ pub fn compute(
             "the deployment is up to date".into(),
         ),
     };
-    let (degraded_status, degraded_reason, degraded_message) = match &problem {
+    let (degraded_status, degraded_reason, degraded_message) = match &shown {
         Some(p) => ("True", p.reason.clone(), p.message.clone()),
         None => ("False", "AsExpected".into(), "no problem found".into()),
     };
@@ -125,27 +163,63 @@ pub fn compute(
         }
     };
 
+    let mut conditions = vec![
+        condition("Ready", ready_status, ready_reason, ready_message),
+        condition(
+            "Progressing",
+            progressing_status,
+            progressing_reason,
+            progressing_message,
+        ),
+        condition(
+            "Degraded",
+            degraded_status,
+            degraded_reason,
+            degraded_message,
+        ),
+    ];
+    if ts.spec.gateway.is_some() {
+        let (status, reason, message) = match route.map(|r| &r.acceptance) {
+            None => (
+                "Unknown",
+                "NotApplied".to_string(),
+                "the HTTPRoute is not applied".to_string(),
+            ),
+            Some(Acceptance::Pending) => (
+                "Unknown",
+                "Pending".to_string(),
+                "no Gateway has reported on the HTTPRoute yet".to_string(),
+            ),
+            Some(Acceptance::Accepted) => (
+                "True",
+                "Accepted".to_string(),
+                "the Gateways accepted the HTTPRoute".to_string(),
+            ),
+            Some(Acceptance::Refused {
+                gateway,
+                reason,
+                message,
+            }) => (
+                "False",
+                reason.clone(),
+                format!("gateway {gateway}: {message}"),
+            ),
+        };
+        conditions.push(condition("RouteAccepted", status, reason, message));
+    }
+    // Through the route when its Gateway tells the address; else the in-cluster address (the
+    // one URL known to work).
+    let url = route
+        .and_then(|r| r.url.clone())
+        .unwrap_or_else(|| status_url(ts));
+
     TaskStreamStatus {
         observed_generation: generation,
         replicas: Some(desired),
         ready_replicas: Some(ready),
         replica_summary: Some(format!("{ready}/{desired}")),
-        url: Some(status_url(ts)),
-        conditions: vec![
-            condition("Ready", ready_status, ready_reason, ready_message),
-            condition(
-                "Progressing",
-                progressing_status,
-                progressing_reason,
-                progressing_message,
-            ),
-            condition(
-                "Degraded",
-                degraded_status,
-                degraded_reason,
-                degraded_message,
-            ),
-        ],
+        url: Some(url),
+        conditions,
     }
 }
 
@@ -186,7 +260,7 @@ mod tests {
     fn ready_when_all_replicas_are_ready() {
         let ts = TaskStream::test().with_replicas(2);
         let r = Rollout::of(&deployment(2, settled(2)), 2);
-        let s = compute(&ts, Some(&r), None, at(1));
+        let s = compute(&ts, Some(&r), None, None, at(1));
         assert_eq!(cond(&s, "Ready").status, "True");
         assert_eq!(cond(&s, "Progressing").status, "False");
         assert_eq!(cond(&s, "Degraded").status, "False");
@@ -199,7 +273,7 @@ mod tests {
     fn progressing_while_the_deployment_rolls() {
         let ts = TaskStream::test().with_replicas(2);
         let r = Rollout::of(&deployment(3, settled(2)), 2);
-        let s = compute(&ts, Some(&r), None, at(1));
+        let s = compute(&ts, Some(&r), None, None, at(1));
         assert_eq!(cond(&s, "Ready").status, "False");
         assert_eq!(cond(&s, "Progressing").reason, "RollingOut");
     }
@@ -215,7 +289,7 @@ mod tests {
             ..Default::default()
         }]);
         let r = Rollout::of(&deployment(2, st), 1);
-        let s = compute(&TaskStream::test(), Some(&r), None, at(1));
+        let s = compute(&TaskStream::test(), Some(&r), None, None, at(1));
         let d = cond(&s, "Degraded");
         assert_eq!(
             (d.status.as_str(), d.reason.as_str()),
@@ -228,12 +302,12 @@ mod tests {
     fn a_problem_keeps_the_last_known_counts() {
         let mut ts = TaskStream::test();
         let r = Rollout::of(&deployment(2, settled(1)), 1);
-        ts.status = Some(compute(&ts, Some(&r), None, at(1)));
+        ts.status = Some(compute(&ts, Some(&r), None, None, at(1)));
         let p = Problem {
             reason: "SecretNotFound".into(),
             message: "secret redis not found".into(),
         };
-        let s = compute(&ts, None, Some(&p), at(5));
+        let s = compute(&ts, None, Some(&p), None, at(5));
         assert_eq!(s.ready_replicas, Some(1));
         let d = cond(&s, "Degraded");
         assert_eq!(
@@ -247,12 +321,12 @@ mod tests {
     fn transition_time_moves_only_when_the_status_flips() {
         let mut ts = TaskStream::test();
         let r = Rollout::of(&deployment(2, settled(1)), 1);
-        let first = compute(&ts, Some(&r), None, at(1));
+        let first = compute(&ts, Some(&r), None, None, at(1));
         ts.status = Some(first.clone());
-        let again = compute(&ts, Some(&r), None, at(99));
+        let again = compute(&ts, Some(&r), None, None, at(99));
         assert_eq!(first, again, "same world, same status");
         let rolling = Rollout::of(&deployment(3, settled(1)), 1);
-        let next = compute(&ts, Some(&rolling), None, at(99));
+        let next = compute(&ts, Some(&rolling), None, None, at(99));
         assert_eq!(cond(&next, "Ready").last_transition_time, Time(at(99)));
         assert_eq!(cond(&next, "Degraded").last_transition_time, Time(at(1)));
     }

@@ -21,9 +21,17 @@
 //! Garbage collection of children after the TaskStream is deleted needs kube-controller-manager
 //! (kind and k3d have it). Without it the test checks the owner references only, and says so;
 //! `TASKSTREAM_E2E_REQUIRE_GC=1` makes a missing collection a failure.
+//!
+//! On an API server older than 1.29 (no native sidecars by default) the TaskStreams ask for the
+//! classic sidecar (`sidecar.native: false`), and the test says so. The production features
+//! (Gateway API route, Secret rotation, autoscaling, pod settings) are in `operator_e2e/`.
+
+#[path = "operator_e2e/production.rs"]
+mod production;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
@@ -71,7 +79,14 @@ fn ts_condition(ts: &TaskStream, type_: &str) -> Option<(String, String)> {
     Some((c.status.clone(), c.reason.clone()))
 }
 
-fn manifest(name: &str, spec: Value) -> Value {
+/// Whether the API server runs native sidecars (init containers with `restartPolicy: Always`,
+/// on by default from 1.29); set once at the start.
+static NATIVE_SIDECARS: AtomicBool = AtomicBool::new(true);
+
+fn manifest(name: &str, mut spec: Value) -> Value {
+    if !NATIVE_SIDECARS.load(Ordering::Relaxed) && spec.get("sidecar").is_none() {
+        spec["sidecar"] = json!({"native": false});
+    }
     json!({
         "apiVersion": "taskstream.dev/v1alpha1",
         "kind": "TaskStream",
@@ -130,6 +145,17 @@ async fn operator_e2e() -> Result<()> {
     let client = Client::try_default()
         .await
         .context("kubernetes client from KUBECONFIG")?;
+    let version = client.apiserver_version().await.context("server version")?;
+    let minor: u32 = version
+        .minor
+        .trim_end_matches('+')
+        .parse()
+        .unwrap_or(u32::MAX);
+    println!("e2e: API server {}", version.git_version);
+    if version.major == "1" && minor < 29 {
+        println!("e2e: Kubernetes 1.{minor} has no native sidecars by default: classic sidecar");
+        NATIVE_SIDECARS.store(false, Ordering::Relaxed);
+    }
     install_crd(&client).await?;
 
     let ns = format!(
@@ -157,7 +183,12 @@ async fn operator_e2e() -> Result<()> {
     let ctx = Arc::new(Context::new(client.clone(), params, Metrics::default()));
     let operator = tokio::spawn(controller::run(ctx, Some(ns.clone()), shutdown.wait()));
 
-    let result = scenario(&client, &ns).await;
+    let mut gateway_crds = production::GatewayCrds::default();
+    let result = async {
+        scenario(&client, &ns).await?;
+        production::scenario(&client, &ns, &mut gateway_crds).await
+    }
+    .await;
 
     // Clean up whatever happened.
     stop.trigger();
@@ -165,6 +196,7 @@ async fn operator_e2e() -> Result<()> {
     if let Err(e) = namespaces.delete(&ns, &DeleteParams::background()).await {
         println!("cleanup: deleting namespace {ns}: {e}");
     }
+    gateway_crds.remove_if_installed(&client).await;
     result
 }
 
@@ -174,7 +206,7 @@ async fn install_crd(client: &Client) -> Result<()> {
     crds.patch(
         name,
         &PatchParams::apply(USER).force(),
-        &Patch::Apply(TaskStream::crd()),
+        &Patch::Apply(taskstream_operator::crd::crd()),
     )
     .await
     .context("installing the TaskStream CRD")?;
@@ -190,7 +222,10 @@ async fn install_crd(client: &Client) -> Result<()> {
 
 async fn step<T>(name: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
     println!("e2e: {name}");
-    fut.await.with_context(|| format!("step '{name}'"))
+    let started = std::time::Instant::now();
+    let result = fut.await.with_context(|| format!("step '{name}'"));
+    println!("e2e:   done in {:.1?}", started.elapsed());
+    result
 }
 
 async fn scenario(client: &Client, ns: &str) -> Result<()> {
@@ -248,14 +283,18 @@ async fn scenario(client: &Client, ns: &str) -> Result<()> {
             .as_ref()
             .and_then(|s| s.template.spec.as_ref())
             .ok_or_else(|| anyhow!("deployment has no pod spec"))?;
-        let sidecar = pod
-            .init_containers
-            .iter()
-            .flatten()
-            .find(|c| c.name == SIDECAR_CONTAINER)
-            .ok_or_else(|| anyhow!("no native sidecar"))?;
+        let native = NATIVE_SIDECARS.load(Ordering::Relaxed);
+        let sidecar = if native {
+            pod.init_containers
+                .iter()
+                .flatten()
+                .find(|c| c.name == SIDECAR_CONTAINER)
+        } else {
+            pod.containers.iter().find(|c| c.name == SIDECAR_CONTAINER)
+        }
+        .ok_or_else(|| anyhow!("no sidecar (native: {native})"))?;
         ensure!(
-            sidecar.restart_policy.as_deref() == Some("Always"),
+            !native || sidecar.restart_policy.as_deref() == Some("Always"),
             "sidecar restartPolicy"
         );
         let redis = sidecar
@@ -493,6 +532,52 @@ async fn refused_specs(client: &Client, ns: &str) -> Result<()> {
         "negative replicas",
         replicas,
         "should be greater than or equal to 0",
+    ));
+
+    let mut both_routes = base.clone();
+    both_routes["gateway"] = json!({"parentRefs": [{"name": "public"}]});
+    cases.push((
+        "gateway and ingress",
+        both_routes,
+        "set only one of gateway and ingress",
+    ));
+    let mut scaled = base.clone();
+    scaled["autoscaling"] = json!({"maxReplicas": 4});
+    cases.push((
+        "replicas and autoscaling",
+        scaled,
+        "set only one of replicas and autoscaling",
+    ));
+    let mut inverted = base.clone();
+    inverted.as_object_mut().map(|s| s.remove("replicas"));
+    inverted["autoscaling"] = json!({"minReplicas": 5, "maxReplicas": 2});
+    cases.push((
+        "minReplicas above maxReplicas",
+        inverted,
+        "must not exceed autoscaling.maxReplicas",
+    ));
+    let mut ha = base.clone();
+    ha["redis"]["sentinel"] = json!({"hosts": ["s1:26379"], "masterName": "m"});
+    ha["redis"]["cluster"] = json!(true);
+    cases.push((
+        "sentinel and cluster",
+        ha,
+        "set only one of redis.sentinel and redis.cluster",
+    ));
+    let mut host = base.clone();
+    host["redis"]["sentinel"] = json!({"hosts": ["s1"], "masterName": "m"});
+    cases.push(("sentinel host without port", host, "should match"));
+    let mut hostname = base.clone();
+    hostname.as_object_mut().map(|s| s.remove("ingress"));
+    hostname["gateway"] =
+        json!({"parentRefs": [{"name": "public"}], "hostnames": ["Shop_Example"]});
+    cases.push(("invalid route hostname", hostname, "should match"));
+    let mut history = base.clone();
+    history["history"] = json!({"size": 100001});
+    cases.push((
+        "history size out of range",
+        history,
+        "should be less than or equal to 100000",
     ));
 
     let dry_run = PostParams {

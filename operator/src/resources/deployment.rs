@@ -1,8 +1,8 @@
 //! The Deployment: the user's app container plus the sidecar, native (init container with
-//! `restartPolicy: Always`) or classic (beside the app), and a config hash that rolls the pods
-//! when the sidecar's configuration changes.
-
-use std::collections::BTreeMap;
+//! `restartPolicy: Always`) or classic (beside the app), the user's pod settings, and two
+//! pod-template annotations that roll the pods: a hash of the sidecar's configuration, and a
+//! hash of the referenced Secret values (so a rotated password or key reaches the pods; the
+//! values themselves never appear).
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{Container, ContainerPort, PodSpec, PodTemplateSpec};
@@ -15,6 +15,8 @@ use crate::error::{Error, Result};
 
 /// Pod template annotation carrying the hash of the sidecar configuration.
 pub const CONFIG_HASH_ANNOTATION: &str = "taskstream.dev/config-hash";
+/// Pod template annotation carrying the hash of the referenced Secret values.
+pub const SECRET_HASH_ANNOTATION: &str = "taskstream.dev/secret-hash";
 /// Name of the app container.
 pub const APP_CONTAINER: &str = "app";
 /// Time the pod gets beyond the sidecar's own drain, for the app and the kubelet.
@@ -33,6 +35,7 @@ pub fn app_container(spec: &TaskStreamSpec) -> Container {
         resources: app.resources.clone(),
         readiness_probe: app.readiness_probe.clone(),
         liveness_probe: app.liveness_probe.clone(),
+        volume_mounts: app.volume_mounts.clone(),
         ports: Some(vec![ContainerPort {
             name: Some("app".into()),
             container_port: app.port,
@@ -57,24 +60,48 @@ pub fn config_hash(
     Ok(digest.iter().take(8).map(|b| format!("{b:02x}")).collect())
 }
 
-/// The Deployment running the app with the sidecar in front of it.
-pub fn deployment(ts: &TaskStream, params: &Params) -> Result<Deployment> {
+/// The Deployment running the app with the sidecar in front of it. `secret_hash` is the hash
+/// of the referenced Secret values (`None` where they cannot be read, as in `render`). With
+/// `spec.autoscaling` the replica count is left out: the autoscaler owns it.
+pub fn deployment(
+    ts: &TaskStream,
+    params: &Params,
+    secret_hash: Option<&str>,
+) -> Result<Deployment> {
     let spec = &ts.spec;
+    let pod = spec.pod.clone().unwrap_or_default();
     let sidecar = sidecar::container(spec, params);
-    let volumes: Vec<_> = sidecar::jwt_key_volume(spec).into_iter().collect();
-    let hash = config_hash(&sidecar, &volumes)?;
+    let own_volumes: Vec<_> = sidecar::secret_mounts(spec)
+        .into_iter()
+        .map(|m| m.volume)
+        .collect();
+    let hash = config_hash(&sidecar, &own_volumes)?;
     let app = app_container(spec);
-    let (init_containers, containers) = if spec.native_sidecar() {
-        (Some(vec![sidecar]), vec![app])
+    let mut init_containers = pod.init_containers.unwrap_or_default();
+    let containers = if spec.native_sidecar() {
+        // After the user's init containers (migrations run before anything serves).
+        init_containers.push(sidecar);
+        vec![app]
     } else {
-        (None, vec![app, sidecar])
+        vec![app, sidecar]
     };
-    let mut template_labels = labels(ts);
-    template_labels.remove("app.kubernetes.io/managed-by");
+    let mut volumes = pod.volumes.unwrap_or_default();
+    volumes.extend(own_volumes);
+
+    // The user's labels and annotations first, so the operator's win where they collide.
+    let mut template_labels = pod.labels.unwrap_or_default();
+    let mut own_labels = labels(ts);
+    own_labels.remove("app.kubernetes.io/managed-by");
+    template_labels.extend(own_labels);
+    let mut annotations = pod.annotations.unwrap_or_default();
+    annotations.insert(CONFIG_HASH_ANNOTATION.to_string(), hash);
+    if let Some(secret_hash) = secret_hash {
+        annotations.insert(SECRET_HASH_ANNOTATION.to_string(), secret_hash.to_string());
+    }
     Ok(Deployment {
         metadata: child_meta(ts)?,
         spec: Some(DeploymentSpec {
-            replicas: Some(spec.replicas()),
+            replicas: spec.autoscaling.is_none().then(|| spec.replicas()),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(ts)),
                 match_expressions: None,
@@ -82,16 +109,23 @@ pub fn deployment(ts: &TaskStream, params: &Params) -> Result<Deployment> {
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(template_labels),
-                    annotations: Some(BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), hash)])),
+                    annotations: Some(annotations),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
-                    init_containers,
+                    init_containers: (!init_containers.is_empty()).then_some(init_containers),
                     containers,
                     volumes: (!volumes.is_empty()).then_some(volumes),
                     termination_grace_period_seconds: Some(
                         i64::from(spec.shutdown_grace_seconds()) + EXTRA_GRACE_SECONDS,
                     ),
+                    service_account_name: pod.service_account_name,
+                    image_pull_secrets: pod.image_pull_secrets,
+                    node_selector: pod.node_selector,
+                    tolerations: pod.tolerations,
+                    affinity: pod.affinity,
+                    topology_spread_constraints: pod.topology_spread_constraints,
+                    priority_class_name: pod.priority_class_name,
                     ..Default::default()
                 }),
             },
@@ -99,4 +133,25 @@ pub fn deployment(ts: &TaskStream, params: &Params) -> Result<Deployment> {
         }),
         status: None,
     })
+}
+
+/// Hash of the referenced Secret values, keyed by Secret name and key, in a stable order. Only
+/// this digest (truncated SHA-256) leaves the operator; the values are never logged or stored.
+pub fn secret_hash<'a>(values: impl IntoIterator<Item = (&'a str, &'a str, &'a [u8])>) -> String {
+    let mut sorted: Vec<_> = values.into_iter().collect();
+    sorted.sort();
+    let mut digest = Sha256::new();
+    for (secret, key, value) in sorted {
+        // Length-prefixed, so no two different inputs share a byte stream.
+        for part in [secret.as_bytes(), key.as_bytes(), value] {
+            digest.update((part.len() as u64).to_be_bytes());
+            digest.update(part);
+        }
+    }
+    digest
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -1,25 +1,38 @@
 //! Pure builders: a `TaskStream` in, the child objects the operator applies out.
 //!
 //! ```text
-//!                 ┌─> deployment.rs ─> Deployment (app + sidecar.rs container, config hash)
-//! TaskStream ─────┼─> service.rs ────> Service (http -> sidecar), PodDisruptionBudget (replicas > 1)
-//!  + Params       └─> ingress.rs ────> Ingress (WebSocket timeouts), status URL
+//!                 ┌─> deployment.rs ──> Deployment (app + sidecar.rs container + pod settings,
+//!                 │                      config hash, Secret values hash)
+//! TaskStream ─────┼─> service.rs ─────> Service (http -> sidecar), PodDisruptionBudget (min > 1)
+//!  + Params       ├─> autoscaling.rs ─> HorizontalPodAutoscaler (spec.autoscaling)
+//!  + Secret hash  ├─> ingress.rs ─────> Ingress (WebSocket timeouts), status URL
+//!                 └─> route.rs ───────> HTTPRoute (spec.gateway), its acceptance, its URL
 //! ```
 //!
 //! No API calls here: `controller` applies what these return, `render` prints it. Both see the
 //! same objects, which is what makes `render` honest.
 
+mod autoscaling;
 mod deployment;
 mod ingress;
+pub mod route;
 mod service;
 mod sidecar;
 
+#[cfg(test)]
+mod production_tests;
+#[cfg(test)]
+mod sidecar_tests;
+#[cfg(test)]
+mod test_support;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
 
+use gateway_api::httproutes::HttpRoute;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -29,10 +42,14 @@ use kube::{Resource, ResourceExt};
 use crate::crd::{AuthMode, TaskStream};
 use crate::error::{Error, Result};
 
-pub use deployment::{CONFIG_HASH_ANNOTATION, deployment};
+pub use autoscaling::hpa;
+pub use deployment::{
+    APP_CONTAINER, CONFIG_HASH_ANNOTATION, SECRET_HASH_ANNOTATION, deployment, secret_hash,
+};
 pub use ingress::{ingress, status_url};
-pub use service::{pdb, service};
-pub use sidecar::{ADMIN_PORT, HTTP_PORT, SIDECAR_CONTAINER};
+pub use route::httproute;
+pub use service::{SERVICE_PORT, pdb, service};
+pub use sidecar::{ADMIN_PORT, HTTP_PORT, SIDECAR_CONTAINER, VOLUME_PREFIX};
 
 /// The one field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "taskstream-operator";
@@ -52,18 +69,22 @@ pub struct Children {
     pub deployment: Deployment,
     pub service: Service,
     pub pdb: Option<PodDisruptionBudget>,
+    pub hpa: Option<HorizontalPodAutoscaler>,
     pub ingress: Option<Ingress>,
+    pub route: Option<HttpRoute>,
 }
 
 /// Builds every child of `ts`, after the checks the schema cannot make (or that `render`, which
-/// has no API server, needs made here).
-pub fn build(ts: &TaskStream, params: &Params) -> Result<Children> {
+/// has no API server, needs made here). `secret_hash`: see [`deployment`].
+pub fn build(ts: &TaskStream, params: &Params, secret_hash: Option<&str>) -> Result<Children> {
     validate(ts)?;
     Ok(Children {
-        deployment: deployment(ts, params)?,
+        deployment: deployment(ts, params, secret_hash)?,
         service: service(ts)?,
         pdb: pdb(ts)?,
+        hpa: hpa(ts)?,
         ingress: ingress(ts)?,
+        route: httproute(ts)?,
     })
 }
 
@@ -113,6 +134,58 @@ pub fn validate(ts: &TaskStream) -> Result<()> {
         && ing.host.is_empty()
     {
         return Err(invalid("ingress.host must not be empty"));
+    }
+    if spec.ingress.is_some() && spec.gateway.is_some() {
+        return Err(invalid("set only one of gateway and ingress"));
+    }
+    if let Some(gw) = &spec.gateway
+        && gw.parent_refs.is_empty()
+    {
+        return Err(invalid("gateway.parentRefs must name at least one Gateway"));
+    }
+    if let Some(a) = &spec.autoscaling {
+        if spec.replicas.is_some() {
+            return Err(invalid("set only one of replicas and autoscaling"));
+        }
+        if !(1..=a.max_replicas).contains(&spec.min_replicas()) {
+            return Err(invalid(
+                "autoscaling.minReplicas must be at least 1 and not exceed autoscaling.maxReplicas",
+            ));
+        }
+    }
+    if spec.redis.sentinel.is_some() && spec.redis.cluster == Some(true) {
+        return Err(invalid("set only one of redis.sentinel and redis.cluster"));
+    }
+    if let Some(h) = &spec.history
+        && (h.size > 100_000 || h.ttl_seconds.is_some_and(|t| !(1..=604_800).contains(&t)))
+    {
+        return Err(invalid(
+            "history.size must be 0-100000 and history.ttlSeconds 1-604800",
+        ));
+    }
+    if let Some(pod) = &spec.pod {
+        if let Some(v) = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name.starts_with(VOLUME_PREFIX))
+        {
+            return Err(invalid(&format!(
+                "pod.volumes: {}: names starting with {VOLUME_PREFIX} are the operator's",
+                v.name
+            )));
+        }
+        if let Some(c) = pod
+            .init_containers
+            .iter()
+            .flatten()
+            .find(|c| c.name == APP_CONTAINER || c.name == SIDECAR_CONTAINER)
+        {
+            return Err(invalid(&format!(
+                "pod.initContainers: {}: the name is taken by the operator's containers",
+                c.name
+            )));
+        }
     }
     Ok(())
 }

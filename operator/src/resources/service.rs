@@ -38,10 +38,10 @@ pub fn service(ts: &TaskStream) -> Result<Service> {
     })
 }
 
-/// The PodDisruptionBudget, only when there is more than one replica: with one, a PDB would
-/// block node drains forever.
+/// The PodDisruptionBudget, only when there is always more than one replica (`replicas`, or
+/// `autoscaling.minReplicas`): with one, a PDB would block node drains forever.
 pub fn pdb(ts: &TaskStream) -> Result<Option<PodDisruptionBudget>> {
-    if ts.spec.replicas() <= 1 {
+    if ts.spec.min_replicas() <= 1 {
         return Ok(None);
     }
     Ok(Some(PodDisruptionBudget {

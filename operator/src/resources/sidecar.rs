@@ -1,8 +1,9 @@
 //! The taskstream sidecar container: its whole configuration comes from the spec, as the
 //! `TASKSTREAM_*` environment variables the sidecar binary reads.
 //!
-//! Secrets are passed by reference (`secretKeyRef`, or a Secret volume for a PEM key), so no
-//! secret value ever lands in the Deployment.
+//! Secrets are passed by reference (`secretKeyRef`, or a read-only Secret volume for PEM files:
+//! the JWT public key, the Redis CA and client certificate), so no secret value ever lands in
+//! the Deployment.
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, Probe,
@@ -14,7 +15,7 @@ use super::Params;
 use crate::crd::{
     AuthMode, DEFAULT_AUTH_PATH, DEFAULT_AUTH_TIMEOUT_MS, DEFAULT_CHANNEL_PREFIX,
     DEFAULT_GROUPS_CLAIM, DEFAULT_LOG_LEVEL, DEFAULT_PING_INTERVAL_SECONDS, DEFAULT_USER_GROUP,
-    SecretKeyRef, TaskStreamSpec,
+    SecretKeyRef, TLS_CERT_KEY, TLS_KEY_KEY, TaskStreamSpec,
 };
 
 /// Name of the sidecar container.
@@ -27,6 +28,20 @@ pub const ADMIN_PORT: i32 = 9090;
 pub const JWT_KEY_DIR: &str = "/etc/taskstream/jwt";
 /// Name of the JWT public key volume.
 pub const JWT_KEY_VOLUME: &str = "taskstream-jwt-key";
+/// Where the Redis CA bundle Secret is mounted.
+pub const REDIS_CA_DIR: &str = "/etc/taskstream/redis-ca";
+/// Name of the Redis CA volume.
+pub const REDIS_CA_VOLUME: &str = "taskstream-redis-ca";
+/// Where the Redis client certificate Secret is mounted.
+pub const REDIS_CLIENT_DIR: &str = "/etc/taskstream/redis-client";
+/// Name of the Redis client certificate volume.
+pub const REDIS_CLIENT_VOLUME: &str = "taskstream-redis-client";
+/// Prefix of every volume name the operator adds to the pod.
+pub const VOLUME_PREFIX: &str = "taskstream-";
+/// Mode of mounted Secret files. World-readable inside the pod: the files are owned by root
+/// (no `fsGroup` is set, so the app's volumes keep their ownership) and the sidecar runs as
+/// 65532; 0440 would make them unreadable to it.
+const SECRET_FILE_MODE: i32 = 0o444;
 /// The non-root user the sidecar image runs as (distroless `nonroot`).
 const SIDECAR_UID: i64 = 65532;
 
@@ -78,6 +93,49 @@ pub fn env(spec: &TaskStreamSpec) -> Vec<EnvVar> {
             .as_deref()
             .unwrap_or(DEFAULT_CHANNEL_PREFIX),
     ));
+    if let Some(tls) = &spec.redis.tls {
+        if let Some(r) = &tls.ca_secret_ref {
+            env.push(plain(
+                "TASKSTREAM_REDIS_CA_FILE",
+                format!("{REDIS_CA_DIR}/{}", r.key),
+            ));
+        }
+        if tls.client_cert_secret_ref.is_some() {
+            env.push(plain(
+                "TASKSTREAM_REDIS_CLIENT_CERT_FILE",
+                format!("{REDIS_CLIENT_DIR}/{TLS_CERT_KEY}"),
+            ));
+            env.push(plain(
+                "TASKSTREAM_REDIS_CLIENT_KEY_FILE",
+                format!("{REDIS_CLIENT_DIR}/{TLS_KEY_KEY}"),
+            ));
+        }
+        if tls.insecure_skip_verify == Some(true) {
+            env.push(plain("TASKSTREAM_REDIS_TLS_INSECURE", "true"));
+        }
+    }
+    if let Some(sentinel) = &spec.redis.sentinel {
+        env.push(plain(
+            "TASKSTREAM_REDIS_SENTINELS",
+            sentinel.hosts.join(","),
+        ));
+        env.push(plain(
+            "TASKSTREAM_REDIS_SENTINEL_MASTER",
+            sentinel.master_name.clone(),
+        ));
+        if let Some(r) = &sentinel.password_secret_ref {
+            env.push(from_secret("TASKSTREAM_REDIS_SENTINEL_PASSWORD", r));
+        }
+    }
+    if spec.redis.cluster == Some(true) {
+        env.push(plain("TASKSTREAM_REDIS_CLUSTER", "true"));
+    }
+    if let Some(history) = &spec.history {
+        env.push(plain("TASKSTREAM_HISTORY_SIZE", history.size.to_string()));
+        if let Some(ttl) = history.ttl_seconds {
+            env.push(plain("TASKSTREAM_HISTORY_TTL", format!("{ttl}s")));
+        }
+    }
     env.push(plain("TASKSTREAM_AUTH", spec.auth.mode.as_str()));
     match spec.auth.mode {
         AuthMode::Jwt => {
@@ -137,33 +195,84 @@ pub fn env(spec: &TaskStreamSpec) -> Vec<EnvVar> {
         "RUST_LOG",
         sidecar.log_level.as_deref().unwrap_or(DEFAULT_LOG_LEVEL),
     ));
+    env.push(plain(
+        "TASKSTREAM_LOG_FORMAT",
+        sidecar.log_format.unwrap_or_default().as_str(),
+    ));
     env
 }
 
-/// The Secret volume holding a JWT public key, in jwt mode with `publicKeyRef`.
-pub fn jwt_key_volume(spec: &TaskStreamSpec) -> Option<Volume> {
-    if spec.auth.mode != AuthMode::Jwt {
-        return None;
+/// A Secret mounted read-only into the sidecar.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecretMount {
+    pub volume: Volume,
+    pub mount_path: &'static str,
+}
+
+fn secret_mount(
+    volume: &str,
+    secret: &str,
+    keys: &[&str],
+    mount_path: &'static str,
+) -> SecretMount {
+    SecretMount {
+        volume: Volume {
+            name: volume.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.into()),
+                items: Some(
+                    keys.iter()
+                        .map(|k| KeyToPath {
+                            key: k.to_string(),
+                            path: k.to_string(),
+                            mode: None,
+                        })
+                        .collect(),
+                ),
+                default_mode: Some(SECRET_FILE_MODE),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        },
+        mount_path,
     }
-    let jwt = spec.auth.jwt.as_ref()?;
-    if jwt.secret_ref.is_some() {
-        return None;
+}
+
+/// The Secret files the sidecar reads: the JWT public key (jwt mode with `publicKeyRef`), the
+/// Redis CA bundle and the Redis client certificate, each in its own directory.
+pub fn secret_mounts(spec: &TaskStreamSpec) -> Vec<SecretMount> {
+    let mut mounts = Vec::new();
+    if spec.auth.mode == AuthMode::Jwt
+        && let Some(jwt) = &spec.auth.jwt
+        && jwt.secret_ref.is_none()
+        && let Some(r) = &jwt.public_key_ref
+    {
+        mounts.push(secret_mount(
+            JWT_KEY_VOLUME,
+            &r.name,
+            &[&r.key],
+            JWT_KEY_DIR,
+        ));
     }
-    let r = jwt.public_key_ref.as_ref()?;
-    Some(Volume {
-        name: JWT_KEY_VOLUME.into(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(r.name.clone()),
-            items: Some(vec![KeyToPath {
-                key: r.key.clone(),
-                path: r.key.clone(),
-                mode: None,
-            }]),
-            default_mode: Some(0o440),
-            optional: Some(false),
-        }),
-        ..Default::default()
-    })
+    if let Some(tls) = &spec.redis.tls {
+        if let Some(r) = &tls.ca_secret_ref {
+            mounts.push(secret_mount(
+                REDIS_CA_VOLUME,
+                &r.name,
+                &[&r.key],
+                REDIS_CA_DIR,
+            ));
+        }
+        if let Some(r) = &tls.client_cert_secret_ref {
+            mounts.push(secret_mount(
+                REDIS_CLIENT_VOLUME,
+                &r.name,
+                &[TLS_CERT_KEY, TLS_KEY_KEY],
+                REDIS_CLIENT_DIR,
+            ));
+        }
+    }
+    mounts
 }
 
 fn admin_probe(path: &str, period: i32) -> Probe {
@@ -183,14 +292,15 @@ fn admin_probe(path: &str, period: i32) -> Probe {
 /// what makes Kubernetes start it before the app and stop it after.
 pub fn container(spec: &TaskStreamSpec, params: &Params) -> Container {
     let sidecar = spec.sidecar.clone().unwrap_or_default();
-    let mounts = jwt_key_volume(spec).map(|v| {
-        vec![VolumeMount {
-            name: v.name,
-            mount_path: JWT_KEY_DIR.into(),
+    let mounts: Vec<VolumeMount> = secret_mounts(spec)
+        .into_iter()
+        .map(|m| VolumeMount {
+            name: m.volume.name,
+            mount_path: m.mount_path.into(),
             read_only: Some(true),
             ..Default::default()
-        }]
-    });
+        })
+        .collect();
     Container {
         name: SIDECAR_CONTAINER.into(),
         image: Some(
@@ -234,7 +344,7 @@ pub fn container(spec: &TaskStreamSpec, params: &Params) -> Container {
             }),
             ..Default::default()
         }),
-        volume_mounts: mounts,
+        volume_mounts: (!mounts.is_empty()).then_some(mounts),
         ..Default::default()
     }
 }

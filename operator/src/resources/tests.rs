@@ -1,40 +1,12 @@
 //! Builder tests: one per meaningful spec variation, no API server.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
+use k8s_openapi::api::core::v1::EnvVar;
 
+use super::test_support::{built, env_of, env_value, pod, sidecar_of};
 use super::*;
 use crate::crd::{SidecarSpec, WebSocketSpec};
 use crate::fixtures::{NAME, NS, UID, params};
-
-fn built(ts: &TaskStream) -> Children {
-    build(ts, &params()).expect("builds")
-}
-
-fn pod(d: &Deployment) -> &PodSpec {
-    d.spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .expect("pod spec")
-}
-
-fn sidecar_of(d: &Deployment) -> &Container {
-    let pod = pod(d);
-    pod.init_containers
-        .iter()
-        .flatten()
-        .chain(pod.containers.iter())
-        .find(|c| c.name == SIDECAR_CONTAINER)
-        .expect("sidecar container")
-}
-
-fn env_of<'a>(d: &'a Deployment, name: &str) -> Option<&'a EnvVar> {
-    sidecar_of(d).env.iter().flatten().find(|e| e.name == name)
-}
-
-fn env_value(d: &Deployment, name: &str) -> Option<String> {
-    env_of(d, name).and_then(|e| e.value.clone())
-}
 
 fn hash_of(d: &Deployment) -> String {
     d.spec
@@ -500,7 +472,7 @@ fn specs_the_schema_would_refuse_are_refused_here_too() {
         ("port clash", port_clash),
         ("relative path", bad_path),
     ] {
-        let err = build(&ts, &params()).expect_err(what);
+        let err = build(&ts, &params(), None).expect_err(what);
         assert_eq!(err.metric_label(), "invalid_spec", "{what}: {err}");
     }
 }
@@ -509,6 +481,6 @@ fn specs_the_schema_would_refuse_are_refused_here_too() {
 fn missing_namespace_is_an_error_not_a_panic() {
     let mut ts = TaskStream::test();
     ts.metadata.namespace = None;
-    let err = build(&ts, &params()).expect_err("no namespace");
+    let err = build(&ts, &params(), None).expect_err("no namespace");
     assert!(err.to_string().contains("metadata.namespace"), "{err}");
 }

@@ -1,0 +1,254 @@
+//! The API calls of one reconcile, one concern each: read the referenced Secrets (their keys
+//! must exist; their values feed the pod-template hash), hand `spec.replicas` to the
+//! autoscaler, server-side apply a child, delete a child the spec dropped, apply the HTTPRoute
+//! and read its Gateway.
+//!
+//! ```text
+//! secret_values ─> hash ─┐
+//! hand_off_replicas ─────┼─> ssa(Deployment, Service, PDB, HPA, Ingress) ─> apply_route ─> gateway
+//!                        └─> delete_stale(what the spec no longer asks for)
+//! ```
+
+use std::collections::BTreeMap;
+
+use gateway_api::gateways::Gateway;
+use gateway_api::httproutes::HttpRoute;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tracing::{debug, info};
+
+use crate::crd::TaskStream;
+use crate::error::{Error, Result};
+use crate::resources::{self, FIELD_MANAGER};
+
+/// Field manager that keeps `spec.replicas` of an autoscaled Deployment when the operator's
+/// manager lets go of it (server-side apply would otherwise remove the field, resetting the
+/// Deployment to 1 replica). Never applies anything else.
+pub const REPLICAS_HANDOFF_MANAGER: &str = "taskstream-operator-replicas-handoff";
+
+/// Checks every referenced Secret key exists and returns the hash of their values (`None` when
+/// nothing is referenced). Values go only into the digest: never into a log, an error or an
+/// object.
+pub async fn secret_hash(
+    ts: &TaskStream,
+    client: &Client,
+    namespace: &str,
+) -> Result<Option<String>> {
+    let refs = ts.spec.secret_refs();
+    if refs.is_empty() {
+        return Ok(None);
+    }
+    let mut wanted: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for r in &refs {
+        wanted
+            .entry(r.name.as_str())
+            .or_default()
+            .push(r.key.as_str());
+    }
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut found = Vec::new();
+    for (secret, keys) in wanted {
+        let got = api.get_opt(secret).await.map_err(|source| Error::Kube {
+            action: "get",
+            kind: "Secret",
+            namespace: namespace.into(),
+            name: secret.into(),
+            source: Box::new(source),
+        })?;
+        let Some(got) = got else {
+            return Err(Error::SecretNotFound {
+                namespace: namespace.into(),
+                name: ts.name_any(),
+                secret: secret.into(),
+            });
+        };
+        found.push((secret, keys, got));
+    }
+    let mut values = Vec::new();
+    for (secret, keys, got) in &found {
+        for key in keys {
+            let value = got
+                .data
+                .as_ref()
+                .and_then(|d| d.get(*key))
+                .map(|v| &v.0[..]);
+            let Some(value) = value else {
+                return Err(Error::SecretKeyNotFound {
+                    namespace: namespace.into(),
+                    name: ts.name_any(),
+                    secret: secret.to_string(),
+                    key: key.to_string(),
+                });
+            };
+            values.push((*secret, *key, value));
+        }
+    }
+    Ok(Some(resources::secret_hash(values)))
+}
+
+/// With `spec.autoscaling`: the replica count the Deployment must be applied with. `Some(min)`
+/// when it does not exist yet (so it starts at `minReplicas`, not the API server's 1); `None`
+/// otherwise, after handing the field to [`REPLICAS_HANDOFF_MANAGER`] if the operator's
+/// manager still owns it (it did before autoscaling was turned on, or since the creation).
+pub async fn hand_off_replicas(
+    ts: &TaskStream,
+    client: &Client,
+    namespace: &str,
+) -> Result<Option<i32>> {
+    let name = ts.name_any();
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let kube_err = |action, source| Error::Kube {
+        action,
+        kind: "Deployment",
+        namespace: namespace.into(),
+        name: name.clone(),
+        source: Box::new(source),
+    };
+    let Some(existing) = api.get_opt(&name).await.map_err(|e| kube_err("get", e))? else {
+        return Ok(Some(ts.spec.min_replicas()));
+    };
+    let owns_replicas = existing.managed_fields().iter().any(|m| {
+        m.manager.as_deref() == Some(FIELD_MANAGER)
+            && m.operation.as_deref() == Some("Apply")
+            && m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
+    });
+    let current = existing.spec.as_ref().and_then(|s| s.replicas);
+    if let (true, Some(current)) = (owns_replicas, current) {
+        // Same value, so the two managers co-own the field; then ours lets go and it stays.
+        let handoff = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": current},
+        });
+        api.patch(
+            &name,
+            &PatchParams::apply(REPLICAS_HANDOFF_MANAGER).force(),
+            &Patch::Apply(&handoff),
+        )
+        .await
+        .map_err(|e| kube_err("hand off replicas of", e))?;
+        info!(taskstream = %name, replicas = current, "replica count handed to the autoscaler");
+    }
+    Ok(None)
+}
+
+/// Server-side apply with the one field manager, forcing ownership of the fields we set.
+pub async fn ssa<K>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    kind: &'static str,
+    obj: &K,
+) -> Result<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map_err(|source| Error::Kube {
+        action: "apply",
+        kind,
+        namespace: namespace.into(),
+        name: name.into(),
+        source: Box::new(source),
+    })
+}
+
+/// Applies the HTTPRoute. A 404 means the API server has no HTTPRoute resource: the Gateway
+/// API CRDs are not installed, which the user must fix (Degraded), not a transient failure.
+pub async fn apply_route(
+    ts: &TaskStream,
+    client: &Client,
+    namespace: &str,
+    route: &HttpRoute,
+) -> Result<HttpRoute> {
+    let name = ts.name_any();
+    match ssa(client, namespace, &name, "HTTPRoute", route).await {
+        Err(Error::Kube { source, .. }) if matches!(source.as_ref(), kube::Error::Api(s) if s.code == 404) => {
+            Err(Error::GatewayApiMissing {
+                namespace: namespace.into(),
+                name,
+            })
+        }
+        other => other,
+    }
+}
+
+/// The route's first parent Gateway, for the URL. Unreadable (absent, forbidden: a Gateway in
+/// another namespace under a namespaced operator) is not an error: the URL falls back.
+pub async fn parent_gateway(ts: &TaskStream, client: &Client) -> Option<Gateway> {
+    let (ns, name) = resources::route::first_parent(ts)?;
+    let api: Api<Gateway> = Api::namespaced(client.clone(), &ns);
+    match api.get_opt(&name).await {
+        Ok(gateway) => gateway,
+        Err(e) => {
+            debug!(gateway = %format!("{ns}/{name}"), error = %e, "reading the route's gateway");
+            None
+        }
+    }
+}
+
+/// Deletes a child the spec no longer asks for, if this TaskStream owns it (a same-named object
+/// someone else made is left alone). A kind the API server does not serve (HTTPRoute without
+/// the Gateway API) answers 404, like a missing object: nothing to delete.
+pub async fn delete_stale<K>(
+    ts: &TaskStream,
+    client: &Client,
+    namespace: &str,
+    kind: &'static str,
+) -> Result<()>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let name = ts.name_any();
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let kube_err = |action, source| Error::Kube {
+        action,
+        kind,
+        namespace: namespace.into(),
+        name: name.clone(),
+        source: Box::new(source),
+    };
+    // Any 404: `get_opt` knows only the JSON NotFound of a missing object, while an API group
+    // the server does not serve answers a plain-text "404 page not found".
+    let existing = match api.get(&name).await {
+        Ok(existing) => existing,
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+        Err(e) => return Err(kube_err("get", e)),
+    };
+    let uid = ts.uid();
+    if !existing
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == uid.as_ref())
+    {
+        return Ok(());
+    }
+    match api.delete(&name, &DeleteParams::background()).await {
+        Ok(_) => {
+            info!(taskstream = %name, kind, "deleted child the spec no longer asks for");
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(kube_err("delete", e)),
+    }
+}
