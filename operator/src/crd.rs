@@ -348,7 +348,7 @@ impl SidecarLogFormat {
 #[serde(rename_all = "camelCase")]
 pub struct HistorySpec {
     /// Events kept per group; 0 turns history off.
-    #[schemars(range(min = 0, max = 100000))]
+    #[schemars(range(min = 0, max = 10000))]
     pub size: u32,
     /// A group's history expires this long after its last event, in seconds (sidecar default:
     /// 600).

@@ -53,7 +53,7 @@ fn crd_carries_cel_rules_and_ranges() {
     ] {
         assert!(json.contains(rule), "missing CEL rule {rule}");
     }
-    assert!(json.contains(r#""maximum":100000"#), "history size range");
+    assert!(json.contains(r#""maximum":10000"#), "history size range");
     assert!(json.contains(r#""maximum":604800"#), "history ttl range");
     assert!(json.contains(r#""pattern":"^/""#), "path pattern");
     assert!(json.contains(r#""maximum":65535"#), "port range");

@@ -157,10 +157,10 @@ pub fn validate(ts: &TaskStream) -> Result<()> {
         return Err(invalid("set only one of redis.sentinel and redis.cluster"));
     }
     if let Some(h) = &spec.history
-        && (h.size > 100_000 || h.ttl_seconds.is_some_and(|t| !(1..=604_800).contains(&t)))
+        && (h.size > 10_000 || h.ttl_seconds.is_some_and(|t| !(1..=604_800).contains(&t)))
     {
         return Err(invalid(
-            "history.size must be 0-100000 and history.ttlSeconds 1-604800",
+            "history.size must be 0-10000 and history.ttlSeconds 1-604800",
         ));
     }
     if let Some(pod) = &spec.pod {
