@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hist::Histogram;
 use crate::procs::{JWT_SECRET, Kind};
+use crate::seen::{Counts, Seen};
 
 /// Most measurement steps one fleet records separately.
 pub const STEPS: usize = 64;
@@ -35,22 +36,37 @@ pub fn now_ns() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
-/// The event body: step and send time first, so a client finds them without a JSON parser.
-pub fn payload(step: usize, group: &str, pad: usize) -> String {
+/// The event body: step, the group's sequence number within the step and the send time first,
+/// so a client finds them without a JSON parser.
+pub fn payload(step: usize, seq: u64, group: &str, pad: usize) -> String {
     format!(
-        "{{\"k\":{step},\"t\":{},\"group\":\"{group}\",\"progress\":42,\"pad\":\"{}\"}}",
+        "{{\"k\":{step},\"s\":{seq},\"t\":{},\"group\":\"{group}\",\"progress\":42,\"pad\":\"{}\"}}",
         now_ns(),
         "x".repeat(pad)
     )
 }
 
-/// `(step, sent_ns)` from a [`payload`].
-pub fn parse(text: &[u8]) -> Option<(usize, u64)> {
+/// What a client reads from a [`payload`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    pub step: usize,
+    pub seq: u64,
+    pub sent_ns: u64,
+}
+
+/// The [`Stamp`] of a [`payload`].
+pub fn parse(text: &[u8]) -> Option<Stamp> {
     let rest = text.strip_prefix(b"{\"k\":")?;
     let (k, rest) = number(rest)?;
+    let rest = rest.strip_prefix(b",\"s\":")?;
+    let (seq, rest) = number(rest)?;
     let rest = rest.strip_prefix(b",\"t\":")?;
     let (t, _) = number(rest)?;
-    Some((k as usize, t))
+    Some(Stamp {
+        step: k as usize,
+        seq,
+        sent_ns: t,
+    })
 }
 
 fn number(b: &[u8]) -> Option<(u64, &[u8])> {
@@ -71,7 +87,10 @@ fn number(b: &[u8]) -> Option<(u64, &[u8])> {
 /// What one step saw.
 #[derive(Default)]
 pub struct Step {
+    /// Latency of every event received (duplicates included).
     pub hist: Histogram,
+    /// Events new to their client, duplicates, out of range (see [`crate::seen`]).
+    pub counts: Counts,
 }
 
 /// Counters shared by every client task.
@@ -228,6 +247,8 @@ impl Client {
     async fn run(self) {
         let mut signalled = false;
         let mut attempts = 0u32;
+        // Across reconnections too: an event received twice is a duplicate either way.
+        let mut seen = Seen::default();
         loop {
             let epoch = self.stats.epoch.load(Ordering::Relaxed);
             let ws = {
@@ -263,11 +284,12 @@ impl Client {
                 };
                 let Some(Ok(msg)) = msg else { break };
                 if let Message::Text(text) = msg
-                    && let Some((step, sent)) = parse(text.as_bytes())
+                    && let Some(stamp) = parse(text.as_bytes())
                 {
                     let now = now_ns();
-                    if let Some(s) = self.stats.steps.get(step) {
-                        s.hist.record(now.saturating_sub(sent) / 1000);
+                    if let Some(s) = self.stats.steps.get(stamp.step) {
+                        s.hist.record(now.saturating_sub(stamp.sent_ns) / 1000);
+                        seen.mark(stamp.step, stamp.seq, &s.counts);
                     }
                     if first {
                         first = false;
@@ -317,10 +339,10 @@ mod tests {
 
     #[test]
     fn payload_round_trip() {
-        let p = payload(7, "g3", 10);
-        let (k, t) = parse(p.as_bytes()).expect("parse");
-        assert_eq!(k, 7);
-        assert!(t <= now_ns());
+        let p = payload(7, 12, "g3", 10);
+        let stamp = parse(p.as_bytes()).expect("parse");
+        assert_eq!((stamp.step, stamp.seq), (7, 12));
+        assert!(stamp.sent_ns <= now_ns());
         assert!(serde_json::from_str::<serde_json::Value>(&p).is_ok());
     }
 

@@ -1,5 +1,6 @@
 //! The publisher: events at a fixed rate, spread round-robin over the groups, each stamped with
-//! its step and send time (see [`crate::clients::payload`]).
+//! its step, its group's sequence number and its send time (see [`crate::clients::payload`]);
+//! it counts what each group was sent, so loss is exact (see [`crate::seen`]).
 //!
 //! Events go to the admin `POST /publish/<group>` (sidecar `--broker memory` and the baseline)
 //! or to Redis `PUBLISH taskstream:<group>` (sidecar `--broker redis`). Several workers, each
@@ -39,11 +40,28 @@ pub struct Schedule {
 }
 
 /// What the publisher managed.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Published {
     pub events: u64,
     pub errors: u64,
+    /// `PUBLISH` answered 0 receivers: the sidecar was not subscribed to the group right then
+    /// (Redis only; points at the sidecar's subscription, not at a client).
+    pub unheard: u64,
     pub secs: f64,
+    /// Events published without error, per group index.
+    #[serde(skip)]
+    pub per_group: Vec<u64>,
+}
+
+impl Published {
+    /// Deliveries the clients should see: each group's events times its members.
+    pub fn expected(&self, members: impl Fn(usize) -> usize) -> u64 {
+        self.per_group
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| n * members(k) as u64)
+            .sum()
+    }
 }
 
 /// Runs `schedule` to completion (bounded by its duration plus a grace for the last answers).
@@ -72,13 +90,18 @@ pub async fn run(sink: &Sink, schedule: &Schedule) -> Result<Published> {
                 Sink::Admin(addr) => Conn::open(*addr).await.ok(),
                 Sink::Redis(_) => None,
             };
-            let mut out = Published::default();
+            let groups = s.groups.max(1);
+            let mut out = Published {
+                per_group: vec![0; groups],
+                ..Published::default()
+            };
             let mut i = w;
             while i < total {
                 let due = start + Duration::from_secs_f64(i as f64 / s.rate);
                 tokio::time::sleep_until(due).await;
-                let group = group_name((i as usize) % s.groups.max(1));
-                let body = payload(s.step, &group, s.pad);
+                let k = (i as usize) % groups;
+                let group = group_name(k);
+                let body = payload(s.step, i / groups as u64, &group, s.pad);
                 let ok = match (&mut admin, &mut redis) {
                     (Some(c), _) => c
                         .send(
@@ -88,16 +111,23 @@ pub async fn run(sink: &Sink, schedule: &Schedule) -> Result<Published> {
                         )
                         .await
                         .is_ok_and(|(st, _)| st == 200),
-                    (None, Some(r)) => redis::cmd("PUBLISH")
+                    (None, Some(r)) => match redis::cmd("PUBLISH")
                         .arg(format!("taskstream:{group}"))
                         .arg(body)
                         .query_async::<i64>(r)
                         .await
-                        .is_ok(),
+                    {
+                        Ok(receivers) => {
+                            out.unheard += u64::from(receivers == 0);
+                            true
+                        }
+                        Err(_) => false,
+                    },
                     (None, None) => false,
                 };
                 if ok {
                     out.events += 1;
+                    out.per_group[k] += 1;
                 } else {
                     out.errors += 1;
                 }
@@ -106,13 +136,20 @@ pub async fn run(sink: &Sink, schedule: &Schedule) -> Result<Published> {
             out
         });
     }
-    let mut sum = Published::default();
+    let mut sum = Published {
+        per_group: vec![0; schedule.groups.max(1)],
+        ..Published::default()
+    };
     let bound = schedule.duration + Duration::from_secs(15);
     let _ = tokio::time::timeout(bound, async {
         while let Some(r) = set.join_next().await {
             if let Ok(p) = r {
                 sum.events += p.events;
                 sum.errors += p.errors;
+                sum.unheard += p.unheard;
+                for (total, n) in sum.per_group.iter_mut().zip(&p.per_group) {
+                    *total += n;
+                }
             }
         }
     })
