@@ -6,6 +6,7 @@
 //! Tokens and cookies are never logged.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,7 +20,7 @@ use tracing::warn;
 use crate::config::{AuthConfig, JwtKey};
 use crate::error::ConfigError;
 use crate::metrics::RejectReason;
-use crate::proxy::{Upstream, empty};
+use crate::proxy::{Upstream, add_forwarded, empty};
 
 /// Longest group name accepted.
 const MAX_GROUP_LEN: usize = 200;
@@ -162,7 +163,12 @@ impl Authenticator {
     }
 
     /// Authenticates a handshake and returns the groups the client joins.
-    pub async fn authenticate<B>(&self, req: &Request<B>) -> Result<Identity, Rejection> {
+    /// `peer` is the client's address, for the `X-Forwarded-For` of forward auth.
+    pub async fn authenticate<B>(
+        &self,
+        req: &Request<B>,
+        peer: SocketAddr,
+    ) -> Result<Identity, Rejection> {
         let query = WsQuery::parse(req.uri().query());
         let granted = match &self.mode {
             Mode::None => {
@@ -188,7 +194,7 @@ impl Authenticator {
                 path,
                 timeout,
                 user_group,
-            } => self.forward(req, path, *timeout, user_group).await?,
+            } => self.forward(req, peer, path, *timeout, user_group).await?,
         };
         narrow(granted, query.groups.as_deref())
     }
@@ -196,6 +202,7 @@ impl Authenticator {
     async fn forward<B>(
         &self,
         req: &Request<B>,
+        peer: SocketAddr,
         path: &str,
         timeout: Duration,
         user_group: &str,
@@ -221,14 +228,14 @@ impl Authenticator {
             header::ORIGIN,
             header::HOST,
             header::USER_AGENT,
-            http::HeaderName::from_static("x-forwarded-for"),
-            http::HeaderName::from_static("x-forwarded-proto"),
-            http::HeaderName::from_static("x-forwarded-host"),
         ] {
             for v in req.headers().get_all(&h) {
                 out.headers_mut().append(h.clone(), v.clone());
             }
         }
+        // The same X-Forwarded-* as a proxied request: the app's view of the client must not
+        // depend on which of the two it is answering.
+        add_forwarded(out.headers_mut(), req.headers(), peer);
         out.headers_mut().insert(
             header::ACCEPT,
             http::HeaderValue::from_static("application/json"),

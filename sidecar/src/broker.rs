@@ -1,18 +1,48 @@
-//! The event source behind the hub: Redis pub/sub in production, in-memory in local mode.
+//! The event source behind the hub: Redis pub/sub in production, in-memory in local mode, and
+//! the optional history that lets reconnecting clients recover what they missed.
 //! Everything above it (groups, auth, fan-out, limits) is the same code for both.
+//!
+//! ```text
+//! POST /publish/<group> --> [Broker] --memory--> (ring) --> hub
+//!                                   \--redis---> PUBLISH, or EVAL publish.lua --> Redis --> hub
+//! session resume        --> [Broker]::recover --> ring / EVAL read.lua --> events or a reset
+//! ```
+
+pub mod history;
+pub mod id;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
+use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tracing::warn;
 
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::redis::RedisBroker;
+use history::{HistoryConfig, MemoryHistory, Recovery, ResetReason};
+use id::StreamId;
 
-/// Where `POST /publish/<group>` sends an event.
-pub enum Broker {
-    /// Delivers straight to this process's clients.
-    Memory(Arc<Hub>),
+/// History reads in flight at once per sidecar: a reconnect storm queues here instead of
+/// flooding Redis, and other clients' live events never wait for it.
+const MAX_CONCURRENT_READS: usize = 16;
+
+/// Where events are published and history is read.
+pub struct Broker {
+    source: Source,
+    history: Option<HistoryConfig>,
+    reads: Semaphore,
+    metrics: Metrics,
+}
+
+enum Source {
+    /// Delivers straight to this process's clients (with an in-process history ring).
+    Memory {
+        hub: Arc<Hub>,
+        history: Option<MemoryHistory>,
+    },
     /// Publishes to Redis, so every pod's clients of the group get it.
     Redis(Arc<RedisBroker>),
 }
@@ -21,28 +51,153 @@ pub enum Broker {
 pub enum PublishError {
     #[error("payload is not UTF-8; events are sent to browsers as text frames")]
     NotUtf8,
+    #[error("payload begins with the byte 0x1E, which is reserved for the history envelope")]
+    Reserved,
     #[error("redis publish: {0}")]
     Redis(#[source] redis::RedisError),
 }
 
+/// The answer to a publish.
+#[derive(Debug)]
+pub struct Published {
+    /// Local clients (memory broker) or subscribed sidecars (Redis); unknown when the history
+    /// script published it (it returns only the id).
+    pub receivers: Option<usize>,
+    /// The event's id when it was stored in history.
+    pub id: Option<StreamId>,
+}
+
 impl Broker {
-    /// Publishes `payload` to `group`; returns how many receivers got it (local clients for the
-    /// memory broker, subscribed sidecars for Redis).
-    pub async fn publish(&self, group: &str, payload: Bytes) -> Result<usize, PublishError> {
-        match self {
-            Broker::Memory(hub) => {
-                let text = Utf8Bytes::try_from(payload).map_err(|_| PublishError::NotUtf8)?;
-                Ok(hub.publish(group, &text))
-            }
-            Broker::Redis(redis) => {
-                if std::str::from_utf8(&payload).is_err() {
-                    return Err(PublishError::NotUtf8);
-                }
-                redis
-                    .publish(group, &payload)
-                    .await
-                    .map_err(PublishError::Redis)
-            }
+    pub fn memory(hub: Arc<Hub>, history: Option<HistoryConfig>, metrics: Metrics) -> Self {
+        Self::with(
+            Source::Memory {
+                hub,
+                history: history.map(MemoryHistory::new),
+            },
+            history,
+            metrics,
+        )
+    }
+
+    pub fn redis(
+        redis: Arc<RedisBroker>,
+        history: Option<HistoryConfig>,
+        metrics: Metrics,
+    ) -> Self {
+        Self::with(Source::Redis(redis), history, metrics)
+    }
+
+    fn with(source: Source, history: Option<HistoryConfig>, metrics: Metrics) -> Self {
+        Self {
+            source,
+            history,
+            reads: Semaphore::new(MAX_CONCURRENT_READS),
+            metrics,
         }
+    }
+
+    /// Whether events are kept for resume.
+    pub fn history(&self) -> Option<HistoryConfig> {
+        self.history
+    }
+
+    /// Publishes `payload` to `group`, stored in history when it is on.
+    pub async fn publish(&self, group: &str, payload: Bytes) -> Result<Published, PublishError> {
+        if payload.first() == Some(&0x1e) {
+            return Err(PublishError::Reserved);
+        }
+        let text = Utf8Bytes::try_from(payload).map_err(|_| PublishError::NotUtf8)?;
+        match &self.source {
+            Source::Memory { hub, history: None } => Ok(Published {
+                receivers: Some(hub.publish(group, &text)),
+                id: None,
+            }),
+            Source::Memory {
+                hub,
+                history: Some(ring),
+            } => {
+                let (id, receivers) = ring.publish(hub, group, text);
+                Ok(Published {
+                    receivers: Some(receivers),
+                    id: Some(id),
+                })
+            }
+            Source::Redis(redis) => match self.history {
+                None => Ok(Published {
+                    receivers: Some(
+                        redis
+                            .publish(group, text.as_bytes())
+                            .await
+                            .map_err(PublishError::Redis)?,
+                    ),
+                    id: None,
+                }),
+                Some(h) => {
+                    let id = redis
+                        .publish_with_history(group, text.as_bytes(), h)
+                        .await
+                        .map_err(PublishError::Redis)?;
+                    Ok(Published {
+                        receivers: None,
+                        id: Some(id),
+                    })
+                }
+            },
+        }
+    }
+
+    /// What a client resuming `group` after `last` gets: the events it missed, or a reset.
+    /// Bounded: at most `--history-size` events, and [`MAX_CONCURRENT_READS`] reads at once.
+    pub async fn recover(&self, group: &str, last: StreamId) -> Recovery {
+        let Some(h) = self.history else {
+            return self.reset(ResetReason::HistoryOff);
+        };
+        let count = history::read_count(last, h.size);
+        let Ok(_permit) = self.reads.acquire().await else {
+            return self.reset(ResetReason::Unavailable);
+        };
+        let started = Instant::now();
+        let snapshot = match &self.source {
+            Source::Memory {
+                history: Some(ring),
+                ..
+            } => Ok(ring.snapshot(group, last, count)),
+            Source::Memory { history: None, .. } => return self.reset(ResetReason::HistoryOff),
+            Source::Redis(redis) => {
+                // A read is idempotent: retried briefly while the command connection is being
+                // re-made (e.g. just after a Redis restart), before giving up with a reset.
+                let mut attempt = redis.read_history(group, last, count).await;
+                for pause_ms in [50, 200, 500] {
+                    if attempt.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+                    attempt = redis.read_history(group, last, count).await;
+                }
+                attempt
+            }
+        };
+        self.metrics
+            .history_read_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let recovery = match snapshot {
+            Ok(snap) => history::decide(last, snap, h.size),
+            Err(e) => {
+                warn!(group, error = %e, "history read failed; the client gets a reset for the group and refetches its state");
+                Recovery::Reset(ResetReason::Unavailable)
+            }
+        };
+        match &recovery {
+            Recovery::Events(e) => {
+                self.metrics.history_recovered.inc_by(e.len() as u64);
+            }
+            Recovery::Reset(r) => self.metrics.history_reset(*r),
+        };
+        recovery
+    }
+
+    fn reset(&self, reason: ResetReason) -> Recovery {
+        self.metrics.history_reset(reason);
+        Recovery::Reset(reason)
     }
 }

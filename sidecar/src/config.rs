@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use http::Uri;
 
+use crate::broker::history::HistoryConfig;
 use crate::error::ConfigError;
 
 /// How WebSocket clients are authenticated and given their groups.
@@ -62,6 +63,15 @@ pub struct Args {
     /// Admin address: /healthz, /readyz, /metrics, POST /publish/<group>. Keep it inside the pod.
     #[arg(long, env = "TASKSTREAM_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     pub admin_listen: SocketAddr,
+
+    /// Accept `POST /publish/<group>` on the admin port from any peer, not only loopback (the
+    /// app in the same pod). Probes and /metrics are reachable from anywhere either way.
+    #[arg(
+        long,
+        env = "TASKSTREAM_PUBLISH_ALLOW_REMOTE",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub publish_allow_remote: bool,
 
     /// The app every non-WebSocket request is proxied to.
     #[arg(
@@ -169,6 +179,15 @@ pub struct Args {
     #[arg(long, env = "TASKSTREAM_READY_REQUIRES_BROKER", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub ready_requires_broker: bool,
 
+    /// Events kept per group for clients that resume with `last_id` (0 = no history). Needs
+    /// `--redis-protocol pubsub` (or `--broker memory`).
+    #[arg(long, env = "TASKSTREAM_HISTORY_SIZE", default_value_t = 0)]
+    pub history_size: usize,
+
+    /// A group's history expires this long after its last event.
+    #[arg(long, env = "TASKSTREAM_HISTORY_TTL", default_value = "10m", value_parser = parse_duration)]
+    pub history_ttl: Duration,
+
     /// Log format.
     #[arg(
         long,
@@ -201,6 +220,7 @@ impl std::fmt::Debug for JwtKey {
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    pub publish_allow_remote: bool,
     pub upstream: Uri,
     pub ws_path: String,
     pub broker: BrokerConfig,
@@ -213,6 +233,8 @@ pub struct Config {
     pub ping_interval: Duration,
     pub shutdown_grace: Duration,
     pub ready_requires_broker: bool,
+    /// `--history-size` > 0: events are kept for resume.
+    pub history: Option<HistoryConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -394,12 +416,43 @@ impl Args {
         if self.send_queue == 0 {
             return Err(ConfigError::new("--send-queue", "must be at least 1"));
         }
+        let history = match self.history_size {
+            0 => None,
+            size if size > 10_000 => {
+                return Err(ConfigError::new(
+                    "--history-size",
+                    "at most 10000 events per group (a resume holds them in memory)",
+                ));
+            }
+            size => Some(HistoryConfig {
+                size,
+                ttl: self.history_ttl,
+            }),
+        };
+        if history.is_some() {
+            if self.history_ttl < Duration::from_secs(1) {
+                return Err(ConfigError::new("--history-ttl", "must be at least 1s"));
+            }
+            if matches!(
+                &broker,
+                BrokerConfig::Redis {
+                    protocol: Protocol::Channels(_),
+                    ..
+                }
+            ) {
+                return Err(ConfigError::new(
+                    "--history-size",
+                    "history needs --redis-protocol pubsub: the Django Channels layers are at-most-once (publish with the taskstream script instead; see the README)",
+                ));
+            }
+        }
         if self.ping_interval.is_zero() {
             return Err(ConfigError::new("--ping-interval", "must be above zero"));
         }
         Ok(Config {
             listen: self.listen,
             admin_listen: self.admin_listen,
+            publish_allow_remote: self.publish_allow_remote,
             upstream,
             ws_path: self.ws_path,
             broker,
@@ -412,6 +465,7 @@ impl Args {
             ping_interval: self.ping_interval,
             shutdown_grace: self.shutdown_grace,
             ready_requires_broker: self.ready_requires_broker,
+            history,
         })
     }
 }

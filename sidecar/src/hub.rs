@@ -16,16 +16,52 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use std::sync::OnceLock;
+
 use tokio::sync::{Notify, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::broker::id::StreamId;
 use crate::metrics::{DropReason, Metrics};
+use crate::protocol;
+
+/// One event as the hub fans it out, shared by every client of its group.
+#[derive(Debug)]
+pub struct Event {
+    pub group: Box<str>,
+    /// Set for events published with history.
+    pub id: Option<StreamId>,
+    /// What clients without the `taskstream.v1` subprotocol get, verbatim.
+    pub payload: Utf8Bytes,
+    /// The `taskstream.v1` frame, made once for all the clients that want it.
+    v1: OnceLock<Utf8Bytes>,
+}
+
+impl Event {
+    pub fn new(group: &str, id: Option<StreamId>, payload: Utf8Bytes) -> Arc<Self> {
+        Arc::new(Self {
+            group: group.into(),
+            id,
+            payload,
+            v1: OnceLock::new(),
+        })
+    }
+
+    /// `{"type":"event","group":..,"id":..,"data":..}`.
+    pub fn v1_frame(&self) -> &Utf8Bytes {
+        self.v1
+            .get_or_init(|| protocol::event_frame(&self.group, self.id, &self.payload))
+    }
+}
 
 /// Group -> local subscribers.
 pub struct Hub {
     groups: RwLock<HashMap<String, Group>>,
     changed: Notify,
     confirmed: watch::Sender<u64>,
+    /// Bumped each time the broker re-made a lost subscription: `taskstream.v1` sessions then
+    /// catch up on what pub/sub dropped meanwhile (from history), or get a reset.
+    resubscribed: watch::Sender<u64>,
     next_id: AtomicU64,
     queue: usize,
     /// `--max-event-bytes`: larger events are dropped, so a client's write buffer stays bounded.
@@ -52,7 +88,7 @@ struct Subscriber {
 /// first event and gives memory back when drained, which keeps an idle connection about 1 KB
 /// smaller (an mpsc channel allocates its first 32-slot block up front).
 pub struct Queue {
-    events: Mutex<VecDeque<Utf8Bytes>>,
+    events: Mutex<VecDeque<Arc<Event>>>,
     capacity: usize,
     /// Woken on every push, and once when the queue overflows.
     ready: Notify,
@@ -75,7 +111,7 @@ impl Queue {
     }
 
     /// Never waits: a full queue marks the client lagging instead.
-    fn push(&self, event: &Utf8Bytes) -> bool {
+    fn push(&self, event: &Arc<Event>) -> bool {
         {
             let mut q = self.events.lock().unwrap_or_else(|e| e.into_inner());
             if q.len() >= self.capacity {
@@ -92,7 +128,7 @@ impl Queue {
     }
 
     /// The next event, if one is queued.
-    pub fn try_pop(&self) -> Option<Utf8Bytes> {
+    pub fn try_pop(&self) -> Option<Arc<Event>> {
         let mut q = self.events.lock().unwrap_or_else(|e| e.into_inner());
         let event = q.pop_front();
         if q.is_empty() && q.capacity() > KEEP_SLOTS {
@@ -102,7 +138,7 @@ impl Queue {
     }
 
     /// Waits for the next event; `None` once the client lagged (the queue overflowed).
-    pub async fn pop(&self) -> Option<Utf8Bytes> {
+    pub async fn pop(&self) -> Option<Arc<Event>> {
         loop {
             if self.is_lagged() {
                 return None;
@@ -152,6 +188,7 @@ impl Hub {
             groups: RwLock::new(HashMap::new()),
             changed: Notify::new(),
             confirmed: watch::channel(0).0,
+            resubscribed: watch::channel(0).0,
             next_id: AtomicU64::new(1),
             queue,
             auto_confirm,
@@ -212,8 +249,14 @@ impl Hub {
         }
     }
 
-    /// Queues `payload` to every local client of `group`; returns how many got it.
+    /// Queues `payload` (live only, no id) to every local client of `group`; returns how many
+    /// got it.
     pub fn publish(&self, group: &str, payload: &Utf8Bytes) -> usize {
+        self.publish_event(group, None, payload.clone())
+    }
+
+    /// Queues an event to every local client of `group`; returns how many got it.
+    pub fn publish_event(&self, group: &str, id: Option<StreamId>, payload: Utf8Bytes) -> usize {
         self.metrics.events_received.inc();
         if payload.len() > self.max_event {
             self.metrics.dropped(DropReason::TooLarge);
@@ -229,12 +272,13 @@ impl Hub {
         let Some(entry) = map.get(group) else {
             return 0;
         };
+        let event = Event::new(group, id, payload);
         let mut delivered = 0;
         for s in &entry.subscribers {
             if s.queue.is_lagged() {
                 continue;
             }
-            if s.queue.push(payload) {
+            if s.queue.push(&event) {
                 delivered += 1;
             } else {
                 self.metrics.dropped(DropReason::SlowClient);
@@ -268,6 +312,16 @@ impl Hub {
             }
         }
         self.confirmed.send_modify(|n| *n += 1);
+    }
+
+    /// The broker re-made its subscriptions after losing them: events may have been missed.
+    pub fn resubscribed(&self) {
+        self.resubscribed.send_modify(|n| *n += 1);
+    }
+
+    /// Watches [`Hub::resubscribed`].
+    pub fn resubscriptions(&self) -> watch::Receiver<u64> {
+        self.resubscribed.subscribe()
     }
 
     /// Marks every subscription as not live (the broker connection dropped).
@@ -330,9 +384,9 @@ mod tests {
         assert_eq!(hub.publish("g1", &"one".into()), 2);
         assert_eq!(hub.publish("g2", &"two".into()), 1);
         assert_eq!(hub.publish("nobody", &"x".into()), 0);
-        assert_eq!(a.queue.pop().await.unwrap(), "one");
-        assert_eq!(b.queue.pop().await.unwrap(), "one");
-        assert_eq!(b.queue.pop().await.unwrap(), "two");
+        assert_eq!(a.queue.pop().await.unwrap().payload, "one");
+        assert_eq!(b.queue.pop().await.unwrap().payload, "one");
+        assert_eq!(b.queue.pop().await.unwrap().payload, "two");
         assert!(a.queue.try_pop().is_none());
         assert!(c.queue.try_pop().is_none());
     }
@@ -360,13 +414,12 @@ mod tests {
         let fast = hub.join(vec!["g".into()]);
         for i in 0..5 {
             hub.publish("g", &format!("{i}").into());
-            assert_eq!(fast.queue.pop().await.unwrap(), format!("{i}"));
+            assert_eq!(fast.queue.pop().await.unwrap().payload, format!("{i}"));
         }
         assert!(slow.queue.is_lagged());
         assert!(!fast.queue.is_lagged());
-        assert_eq!(
-            slow.queue.pop().await,
-            None,
+        assert!(
+            slow.queue.pop().await.is_none(),
             "a lagged queue yields no more events"
         );
         assert_eq!(slow.queue.len(), 2, "queue stays at its bound");
@@ -381,7 +434,7 @@ mod tests {
         tokio::task::yield_now().await;
         hub.publish("g", &"wake".into());
         let got = tokio::time::timeout(Duration::from_secs(5), reader).await;
-        assert_eq!(got.unwrap().unwrap().as_deref(), Some("wake"));
+        assert_eq!(got.unwrap().unwrap().unwrap().payload, "wake");
         for i in 0..50 {
             hub.publish("g", &format!("{i}").into());
         }

@@ -16,8 +16,10 @@ pub mod error;
 pub mod health;
 pub mod hub;
 pub mod metrics;
+pub mod protocol;
 pub mod proxy;
 pub mod redis;
+pub mod resume;
 pub mod server;
 pub mod session;
 pub mod stall;
@@ -124,17 +126,18 @@ pub async fn run(
             Some((None, task))
         }
     };
-    let broker = match &broker_task {
-        Some((Some(redis), _)) => Broker::Redis(redis.clone()),
-        _ => Broker::Memory(hub.clone()),
-    };
+    let broker = Arc::new(match &broker_task {
+        Some((Some(redis), _)) => Broker::redis(redis.clone(), config.history, metrics.clone()),
+        _ => Broker::memory(hub.clone(), config.history, metrics.clone()),
+    });
 
     let admin_stop = CancellationToken::new();
     let admin = Arc::new(Admin {
         health: health.clone(),
         registry,
-        broker,
+        broker: broker.clone(),
         max_event_bytes: config.max_event_bytes,
+        publish_allow_remote: config.publish_allow_remote,
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin, admin_stop.clone()));
 
@@ -142,6 +145,7 @@ pub async fn run(
         slots: Arc::new(Semaphore::new(config.max_connections)),
         config,
         hub,
+        broker,
         auth,
         upstream,
         metrics,

@@ -1,5 +1,7 @@
 //! `taskstream-sidecar`: parse flags, start logging, run.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use taskstream_sidecar::config::{Args, LogFormat};
 use tracing_subscriber::EnvFilter;
@@ -9,7 +11,9 @@ async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match args.log_format {
+        // Colour only for a person at a terminal: `kubectl logs` and files get plain text.
         LogFormat::Text => tracing_subscriber::fmt()
+            .with_ansi(std::io::stderr().is_terminal())
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
             .init(),

@@ -4,6 +4,9 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+use crate::broker::history::ResetReason;
 use prometheus_client::registry::Registry;
 
 /// Why a WebSocket handshake was refused.
@@ -72,6 +75,27 @@ pub struct CloseLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResetLabel {
+    pub reason: ResetReason,
+}
+
+/// Seconds per history read: 0.25 ms to 2 s.
+#[derive(Clone)]
+pub struct ReadSeconds(Histogram);
+
+impl Default for ReadSeconds {
+    fn default() -> Self {
+        Self(Histogram::new(exponential_buckets(0.00025, 2.0, 14)))
+    }
+}
+
+impl ReadSeconds {
+    pub fn observe(&self, seconds: f64) {
+        self.0.observe(seconds);
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClassLabel {
     pub class: &'static str,
 }
@@ -89,6 +113,9 @@ pub struct Metrics {
     pub broker_up: Gauge,
     pub redis_reconnects: Counter,
     pub proxied_requests: Family<ClassLabel, Counter>,
+    pub history_recovered: Counter,
+    pub history_resets: Family<ResetLabel, Counter>,
+    pub history_read_seconds: ReadSeconds,
 }
 
 impl Metrics {
@@ -142,9 +169,30 @@ impl Metrics {
         );
         r.register(
             "proxied_requests",
-            "Requests proxied to the app, by status class (1xx..5xx, error)",
+            "Requests proxied to the app, by status class (1xx..5xx; error: the app did not answer; client_error: the client's request body broke)",
             self.proxied_requests.clone(),
         );
+        r.register(
+            "history_recovered_events",
+            "Events a resuming client got from history",
+            self.history_recovered.clone(),
+        );
+        r.register(
+            "history_resets",
+            "Resets sent instead of history (the client refetches the group), by reason",
+            self.history_resets.clone(),
+        );
+        r.register(
+            "history_read_seconds",
+            "Time of one history read for a resuming client",
+            self.history_read_seconds.0.clone(),
+        );
+    }
+
+    pub fn history_reset(&self, reason: ResetReason) {
+        self.history_resets
+            .get_or_create(&ResetLabel { reason })
+            .inc();
     }
 
     pub fn rejected(&self, reason: RejectReason) {
@@ -176,6 +224,15 @@ impl Metrics {
         };
         self.proxied_requests
             .get_or_create(&ClassLabel { class })
+            .inc();
+    }
+
+    /// A request that never reached the app whole because the client's body broke.
+    pub fn proxied_client_error(&self) {
+        self.proxied_requests
+            .get_or_create(&ClassLabel {
+                class: "client_error",
+            })
             .inc();
     }
 }

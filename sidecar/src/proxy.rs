@@ -94,13 +94,7 @@ impl Upstream {
 
     /// Sends a request to the app as is.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, String> {
-        self.client.request(req).await.map_err(|e| {
-            // The legacy client's Display is terse; its source says what really happened.
-            match std::error::Error::source(&e) {
-                Some(src) => format!("{e}: {src}"),
-                None => e.to_string(),
-            }
-        })
+        self.client.request(req).await.map_err(|e| describe(&e))
     }
 
     /// Proxies one client request to the app.
@@ -120,9 +114,20 @@ impl Upstream {
             .expect("method and uri come from a parsed request");
         *out.headers_mut() = forward_headers(&parts.headers, peer, upgrade);
 
-        let resp = match self.send(out).await {
+        let resp = match self.client.request(out).await {
             Ok(resp) => resp,
+            Err(e) if client_body_failed(&e) => {
+                // The client's own body broke (bad chunk size, upload aborted): nothing the app
+                // did, so no warning and no `class="error"` that would page someone about it.
+                debug!(method = %parts.method, path = %parts.uri.path(), %peer, error = %describe(&e), "client request body broken; answering 400");
+                self.metrics.proxied_client_error();
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "400 bad request: the request body could not be read\n",
+                );
+            }
             Err(e) => {
+                let e = describe(&e);
                 warn!(method = %parts.method, path = %parts.uri.path(), upstream = %self.base, error = %e, "app did not answer; returning 502 (is the app running and listening on --upstream?)");
                 self.metrics.proxied(None);
                 return text(
@@ -142,6 +147,35 @@ impl Upstream {
         strip_hop_by_hop(&mut parts.headers);
         Response::from_parts(parts, body.boxed_unsync())
     }
+}
+
+/// The legacy client's Display is terse; its source says what really happened.
+fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(src) => format!("{e}: {src}"),
+        None => e.to_string(),
+    }
+}
+
+/// Whether a failed request to the app failed because the client's request body did.
+///
+/// The body streamed to the app is the client's `Incoming`, whose errors are `hyper::Error`s
+/// (a bad chunk, the connection closed mid-body). When polling it fails, the client connection
+/// to the app reports a *user* error ("error from user's Body stream") caused by that
+/// `hyper::Error`. Every app-side failure (refused, reset, closed, timed out) is a connect or
+/// I/O error instead, and so stays a 502.
+fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>()
+            && h.is_user()
+            && std::error::Error::source(h).is_some_and(|src| src.is::<hyper::Error>())
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Answers the client with the app's 101 and copies bytes both ways once both sides upgraded.
@@ -192,11 +226,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The headers sent to the app: the client's, minus hop-by-hop, plus `X-Forwarded-*`.
-///
-/// `X-Forwarded-For` gets the peer appended. `-Proto` and `-Host` are kept when an ingress in
-/// front already set them (it knows the scheme the browser used); otherwise they describe the
-/// request the sidecar received.
+/// The headers sent to the app: the client's, minus hop-by-hop, plus `X-Forwarded-*`
+/// (see [`add_forwarded`]).
 pub fn forward_headers(incoming: &HeaderMap, peer: SocketAddr, upgrade: bool) -> HeaderMap {
     let mut headers = incoming.clone();
     let upgrade_value = headers.get(header::UPGRADE).cloned();
@@ -208,23 +239,52 @@ pub fn forward_headers(incoming: &HeaderMap, peer: SocketAddr, upgrade: bool) ->
             headers.insert(header::UPGRADE, v);
         }
     }
-    let peer_ip = peer.ip().to_string();
-    let xff = match incoming.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {peer_ip}"),
-        _ => peer_ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    }
-    if !headers.contains_key(&X_FORWARDED_HOST)
-        && let Some(host) = incoming.get(header::HOST).cloned()
-    {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
-    }
+    add_forwarded(&mut headers, incoming, peer);
     headers
+}
+
+/// Sets `X-Forwarded-*` on a request to the app from the client's `incoming` headers: every
+/// request the sidecar sends the app on a client's behalf (proxied, or forward auth) goes
+/// through here, so the app sees one story.
+///
+/// `X-Forwarded-For` is the client's value (all its lines, in order) with the peer appended: the
+/// app trusts only the hops it knows, and the last one is always the real peer. `-Proto` and
+/// `-Host` are kept when an ingress in front already set them (it knows the scheme the browser
+/// used); otherwise they describe the request the sidecar received.
+pub fn add_forwarded(out: &mut HeaderMap, incoming: &HeaderMap, peer: SocketAddr) {
+    let mut xff: Vec<&str> = incoming
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let peer_ip = peer.ip().to_canonical().to_string();
+    xff.push(&peer_ip);
+    out.remove(&X_FORWARDED_FOR);
+    match HeaderValue::from_str(&xff.join(", ")) {
+        Ok(v) => out.insert(X_FORWARDED_FOR.clone(), v),
+        // Only the peer then: never pass on a value we could not extend.
+        Err(_) => out.insert(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_str(&peer_ip).expect("an IP address is a valid header value"),
+        ),
+    };
+    for (name, fallback) in [
+        (&X_FORWARDED_PROTO, Some(HeaderValue::from_static("http"))),
+        (&X_FORWARDED_HOST, incoming.get(header::HOST).cloned()),
+    ] {
+        out.remove(name);
+        let mut given = incoming.get_all(name).iter().peekable();
+        if given.peek().is_none()
+            && let Some(v) = fallback
+        {
+            out.insert(name.clone(), v);
+        }
+        for v in given {
+            out.append(name.clone(), v.clone());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -265,6 +325,34 @@ mod tests {
         let out = forward_headers(&h, peer(), false);
         assert_eq!(out["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
         assert_eq!(out["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn every_forwarded_for_line_is_kept_in_order_and_the_peer_is_last() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.append("x-forwarded-for", HeaderValue::from_static(" 7.7.7.7 "));
+        h.append("x-forwarded-host", HeaderValue::from_static("a.example"));
+        h.append("x-forwarded-host", HeaderValue::from_static("b.example"));
+        let mut out = HeaderMap::new();
+        out.insert("x-forwarded-for", HeaderValue::from_static("stale"));
+        add_forwarded(&mut out, &h, peer());
+        assert_eq!(out["x-forwarded-for"], "6.6.6.6, 7.7.7.7, 10.1.2.3");
+        assert_eq!(out.get_all("x-forwarded-for").iter().count(), 1);
+        let hosts: Vec<_> = out.get_all("x-forwarded-host").iter().collect();
+        assert_eq!(hosts, ["a.example", "b.example"]);
+        assert_eq!(out["x-forwarded-proto"], "http");
+        let v6: SocketAddr = "[::ffff:10.9.8.7]:1".parse().unwrap();
+        let mut out = HeaderMap::new();
+        add_forwarded(&mut out, &HeaderMap::new(), v6);
+        assert_eq!(
+            out["x-forwarded-for"], "10.9.8.7",
+            "IPv4-mapped peers read as IPv4"
+        );
+        assert!(
+            !out.contains_key("x-forwarded-host"),
+            "no Host, nothing to forward"
+        );
     }
 
     #[test]

@@ -27,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
+use crate::broker::history::{self, HistoryConfig, Snapshot};
+use crate::broker::id::StreamId;
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::metrics::{DropReason, Metrics};
@@ -47,11 +49,29 @@ pub trait Wire: Send + Sync + 'static {
     }
     /// The frame for a payload of `group`, or `None` when it was dropped (counted and logged).
     fn frame(&self, group: &str, payload: &[u8], metrics: &Metrics) -> Option<Utf8Bytes>;
+    /// The event (its history id, if it has one, and its frame) for a payload of `group`.
+    fn event(
+        &self,
+        group: &str,
+        payload: &[u8],
+        metrics: &Metrics,
+    ) -> Option<(Option<StreamId>, Utf8Bytes)> {
+        self.frame(group, payload, metrics).map(|f| (None, f))
+    }
 }
 
-/// Plain pub/sub: `PUBLISH <prefix><group> <UTF-8 payload>`, relayed verbatim.
+/// Plain pub/sub: `PUBLISH <prefix><group> <UTF-8 payload>`, relayed verbatim; an event
+/// published with history arrives as `\x1e<id>\x1e<payload>` (docs/protocol.md).
 pub struct Plain {
     pub prefix: String,
+}
+
+/// Splits the history envelope `\x1e<id>\x1e<payload>`; `None` for a plain payload.
+fn split_envelope(payload: &[u8]) -> Option<(StreamId, &[u8])> {
+    let rest = payload.strip_prefix(&[0x1e])?;
+    let end = rest.iter().position(|b| *b == 0x1e)?;
+    let id = StreamId::parse(std::str::from_utf8(&rest[..end]).ok()?)?;
+    Some((id, &rest[end + 1..]))
 }
 
 impl Wire for Plain {
@@ -78,6 +98,18 @@ impl Wire for Plain {
             }
         }
     }
+
+    fn event(
+        &self,
+        group: &str,
+        payload: &[u8],
+        metrics: &Metrics,
+    ) -> Option<(Option<StreamId>, Utf8Bytes)> {
+        match split_envelope(payload) {
+            Some((id, inner)) => self.frame(group, inner, metrics).map(|f| (Some(id), f)),
+            None => self.frame(group, payload, metrics).map(|f| (None, f)),
+        }
+    }
 }
 
 /// Handle of the Redis broker.
@@ -89,6 +121,13 @@ pub struct RedisBroker {
     /// Where logs may name the server: host and port, never the password.
     display: String,
     publisher: OnceCell<ConnectionManager>,
+    scripts: Scripts,
+}
+
+/// The history scripts, sent once per connection and then run by their SHA.
+struct Scripts {
+    publish: redis::Script,
+    read: redis::Script,
 }
 
 impl RedisBroker {
@@ -110,11 +149,79 @@ impl RedisBroker {
             wake,
             display,
             publisher: OnceCell::new(),
+            scripts: Scripts {
+                publish: redis::Script::new(history::PUBLISH_SCRIPT),
+                read: redis::Script::new(history::READ_SCRIPT),
+            },
         })
     }
 
     /// `PUBLISH <prefix><group> <payload>`; returns how many subscribers Redis reached.
     pub async fn publish(&self, group: &str, payload: &[u8]) -> redis::RedisResult<usize> {
+        let mut conn = self.commands().await?;
+        redis::cmd("PUBLISH")
+            .arg(self.wire.channel(group))
+            .arg(payload)
+            .query_async(&mut conn)
+            .await
+    }
+
+    /// Stores the event in the group's history and publishes it, atomically (publish.lua).
+    pub async fn publish_with_history(
+        &self,
+        group: &str,
+        payload: &[u8],
+        history: HistoryConfig,
+    ) -> redis::RedisResult<StreamId> {
+        let mut conn = self.commands().await?;
+        let id: String = self
+            .scripts
+            .publish
+            .key(self.wire.channel(group))
+            .arg(payload)
+            .arg(history.size)
+            .arg(history.ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        StreamId::parse(&id).ok_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "publish script returned no stream id",
+                id,
+            ))
+        })
+    }
+
+    /// One atomic look at the group's history after `last` (read.lua).
+    pub async fn read_history(
+        &self,
+        group: &str,
+        last: StreamId,
+        count: usize,
+    ) -> Result<Snapshot, String> {
+        let mut conn = self
+            .commands()
+            .await
+            .map_err(|e| format!("redis {}: {e}", self.display))?;
+        let reply: redis::Value = self
+            .scripts
+            .read
+            .key(self.wire.channel(group))
+            .arg(if last == StreamId::ZERO {
+                "0".to_string()
+            } else {
+                last.to_string()
+            })
+            .arg(count)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| format!("redis {}: read history of {group:?}: {e}", self.display))?;
+        history::parse_read_reply(reply)
+    }
+
+    /// The multiplexed connection for commands (a connection in subscribe mode cannot run
+    /// them), made on first use and re-made by the manager when it breaks.
+    async fn commands(&self) -> redis::RedisResult<ConnectionManager> {
         let conn = self
             .publisher
             .get_or_try_init(|| async {
@@ -124,12 +231,7 @@ impl RedisBroker {
                 ConnectionManager::new_with_config(self.client.clone(), config).await
             })
             .await?;
-        let mut conn = conn.clone();
-        redis::cmd("PUBLISH")
-            .arg(self.wire.channel(group))
-            .arg(payload)
-            .query_async(&mut conn)
-            .await
+        Ok(conn.clone())
     }
 
     /// Runs the subscription loop until `shutdown`.
@@ -167,15 +269,16 @@ impl RedisBroker {
             if connected_once {
                 metrics.redis_reconnects.inc();
             }
-            connected_once = true;
             let (sink, stream) = pubsub.split();
             let mut session = Session {
                 broker: &self,
                 hub: &hub,
                 sink,
                 subscribed: BTreeSet::new(),
+                reconnected: connected_once,
             };
             let ended = session.serve(stream, &health, &metrics, &shutdown).await;
+            connected_once = true;
             health.set_broker_up(false);
             metrics.broker_up.set(0);
             // Only this connection's groups: with sharding, other connections keep theirs.
@@ -204,6 +307,8 @@ struct Session<'a> {
     hub: &'a Hub,
     sink: PubSubSink,
     subscribed: BTreeSet<String>,
+    /// A lost connection was re-made: pub/sub dropped whatever was published meanwhile.
+    reconnected: bool,
 }
 
 impl Session<'_> {
@@ -220,6 +325,11 @@ impl Session<'_> {
         info!(redis = %self.broker.display, groups = self.subscribed.len(), "redis subscribed");
         health.set_broker_up(true);
         metrics.broker_up.set(1);
+        if self.reconnected {
+            // Subscribed again first, so whatever a session reads from history now is followed
+            // by live events without a gap.
+            self.hub.resubscribed();
+        }
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.reset();
@@ -272,12 +382,12 @@ impl Session<'_> {
         let Some(group) = self.broker.wire.group(channel) else {
             return;
         };
-        if let Some(frame) = self
+        if let Some((id, frame)) = self
             .broker
             .wire
-            .frame(group, msg.get_payload_bytes(), metrics)
+            .event(group, msg.get_payload_bytes(), metrics)
         {
-            self.hub.publish(group, &frame);
+            self.hub.publish_event(group, id, frame);
         }
     }
 
@@ -340,6 +450,25 @@ pub fn redacted(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_envelope_is_split_and_plain_payloads_pass() {
+        let (id, inner) = split_envelope(b"\x1e1700000000000-2\x1e{\"p\":1}").unwrap();
+        assert_eq!(id.to_string(), "1700000000000-2");
+        assert_eq!(inner, b"{\"p\":1}");
+        assert!(split_envelope(b"{\"p\":1}").is_none());
+        assert!(split_envelope(b"\x1enot-an-id\x1ex").is_none());
+        assert!(split_envelope(b"\x1e5-0").is_none());
+        let plain = Plain {
+            prefix: "p:".into(),
+        };
+        let m = Metrics::default();
+        assert_eq!(
+            plain.event("g", b"\x1e5-0\x1ehello", &m),
+            Some((StreamId::parse("5-0"), "hello".into()))
+        );
+        assert_eq!(plain.event("g", b"hello", &m), Some((None, "hello".into())));
+    }
 
     #[test]
     fn redaction_hides_credentials() {

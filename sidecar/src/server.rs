@@ -26,10 +26,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::auth::{Authenticator, Rejection};
+use crate::broker::Broker;
+use crate::broker::id::StreamId;
 use crate::config::{AllowedOrigins, Config};
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::metrics::{Metrics, RejectReason};
+use crate::protocol;
 use crate::proxy::{Body, Upstream, text};
 use crate::session;
 use crate::stall::Stall;
@@ -47,6 +50,8 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct Shared {
     pub config: Config,
     pub hub: Arc<Hub>,
+    /// Publishing and history (resume reads).
+    pub broker: Arc<Broker>,
     pub auth: Authenticator,
     pub upstream: Upstream,
     pub metrics: Metrics,
@@ -105,10 +110,29 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 async fn route(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    if is_ws_path(req.uri().path(), &shared.config.ws_path) {
+    let ws = is_ws_path(req.uri().path(), &shared.config.ws_path);
+    if let Some(why) = host_problem(&req) {
+        if ws {
+            shared.metrics.rejected(RejectReason::BadRequest);
+        }
+        debug!(%peer, why, "refused a request with a bad Host");
+        return text(StatusCode::BAD_REQUEST, format!("400 bad request: {why}\n"));
+    }
+    if ws {
         handshake(shared, req, peer).await
     } else {
         shared.upstream.proxy(req, peer).await
+    }
+}
+
+/// RFC 9112 section 3.2: an HTTP/1.1 request without `Host`, or any request with more than
+/// one, gets 400 (neither the app nor the origin check should guess which host was meant).
+/// HTTP/1.0 predates `Host` and may omit it.
+fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
+    match req.headers().get_all(header::HOST).iter().count() {
+        0 if req.version() >= http::Version::HTTP_11 => Some("HTTP/1.1 requires a Host header"),
+        0 | 1 => None,
+        _ => Some("more than one Host header"),
     }
 }
 
@@ -189,7 +213,20 @@ async fn handshake(
             "too many connections, try again later",
         );
     };
-    let identity = match shared.auth.authenticate(&req).await {
+    let v1 = protocol::offered(req.headers());
+    let resume = match last_ids(req.uri().query(), v1) {
+        Ok(r) => r,
+        Err(msg) => {
+            debug!(%peer, why = %msg, "websocket handshake refused");
+            return reject(
+                &shared,
+                StatusCode::BAD_REQUEST,
+                RejectReason::BadRequest,
+                &msg,
+            );
+        }
+    };
+    let identity = match shared.auth.authenticate(&req, peer).await {
         Ok(id) => id,
         Err(Rejection {
             status,
@@ -201,13 +238,25 @@ async fn handshake(
         }
     };
 
-    let membership = shared.hub.join(identity.groups);
-    if !shared.health.broker_lost() {
-        // Subscribed before the 101: every event published after the handshake arrives. Also
-        // at start-up, before the first Redis connection. Only while Redis is known to be down
-        // is the client admitted at once (and subscribed when Redis is back).
-        membership.wait_confirmed(CONFIRM_TIMEOUT).await;
+    if let Some((g, _)) = resume.iter().find(|(g, _)| !identity.groups.contains(g)) {
+        let msg = format!(
+            "last_id names group {g:?}, which is not one of this connection's groups (granted, and in ?groups= when given)"
+        );
+        debug!(%peer, why = %msg, "websocket handshake refused");
+        return reject(
+            &shared,
+            StatusCode::FORBIDDEN,
+            RejectReason::Forbidden,
+            &msg,
+        );
     }
+
+    let membership = shared.hub.join(identity.groups);
+    // Subscribed before the 101: every event published after the handshake arrives. Also at
+    // start-up, before the first Redis connection. Only while Redis is known to be down is the
+    // client admitted at once (and subscribed when Redis is back).
+    let confirmed =
+        !shared.health.broker_lost() && membership.wait_confirmed(CONFIRM_TIMEOUT).await;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let shared2 = shared.clone();
     shared.tasks.spawn(async move {
@@ -233,7 +282,13 @@ async fn handshake(
             .max_frame_size(Some(shared2.config.max_message_bytes));
         let (io, stall) = Stall::new(TokioIo::new(upgraded));
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
-        session::run(ws, stall, membership, &shared2, peer, identity.user).await;
+        let options = session::Options {
+            v1,
+            resume,
+            confirmed,
+            user: identity.user,
+        };
+        session::run(ws, stall, membership, &shared2, peer, options).await;
         drop(permit);
     });
 
@@ -245,7 +300,36 @@ async fn handshake(
     if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
+    if v1 {
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(protocol::SUBPROTOCOL),
+        );
+    }
     resp
+}
+
+/// The `last_id` query parameters, one per group; they need the `taskstream.v1` subprotocol
+/// (a client without it never saw an id).
+fn last_ids(query: Option<&str>, v1: bool) -> Result<Vec<(String, StreamId)>, String> {
+    let mut out: Vec<(String, StreamId)> = Vec::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if k != "last_id" {
+            continue;
+        }
+        if !v1 {
+            return Err(format!(
+                "last_id needs the WebSocket subprotocol {} (Sec-WebSocket-Protocol)",
+                protocol::SUBPROTOCOL
+            ));
+        }
+        let (group, id) = protocol::parse_last_id(&v)?;
+        if out.iter().any(|(g, _)| *g == group) {
+            return Err(format!("last_id given twice for group {group:?}"));
+        }
+        out.push((group, id));
+    }
+    Ok(out)
 }
 
 /// Refuses browsers from other sites. `Err` carries the offending origin for the log.
@@ -308,6 +392,23 @@ mod tests {
             h.insert(*k, HeaderValue::from_static(v));
         }
         h
+    }
+
+    #[test]
+    fn host_is_required_on_http_1_1_and_unique_everywhere() {
+        let req = |version, hosts: &[&'static str]| {
+            let mut r = Request::builder().version(version).uri("/x");
+            for h in hosts {
+                r = r.header(header::HOST, *h);
+            }
+            r.body(()).unwrap()
+        };
+        use http::Version;
+        assert!(host_problem(&req(Version::HTTP_11, &[])).is_some());
+        assert!(host_problem(&req(Version::HTTP_11, &["a"])).is_none());
+        assert!(host_problem(&req(Version::HTTP_11, &["a", "b"])).is_some());
+        assert!(host_problem(&req(Version::HTTP_10, &[])).is_none());
+        assert!(host_problem(&req(Version::HTTP_10, &["a", "a"])).is_some());
     }
 
     #[test]

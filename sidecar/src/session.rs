@@ -21,11 +21,13 @@ use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, info};
 
-use crate::hub::Membership;
+use crate::broker::id::StreamId;
+use crate::hub::{Event, Membership};
 use crate::metrics::CloseReason;
+use crate::resume::{self as catchup, Positions};
 use crate::server::Shared;
 use crate::stall::{Stall, StallFlag};
 
@@ -39,6 +41,18 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// read); past this it is closed with 1008. Also the slack of the write buffer above one event.
 pub const OWED_LIMIT: usize = 64 * 1024;
 
+/// What the handshake settled for this client.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// It speaks `taskstream.v1`: JSON frames with ids, resets.
+    pub v1: bool,
+    /// `last_id` per group: deliver what it missed first.
+    pub resume: Vec<(String, StreamId)>,
+    /// The broker confirmed its subscriptions before the 101 (every later event is live).
+    pub confirmed: bool,
+    pub user: Option<String>,
+}
+
 /// Serves one client until it leaves, lags, goes silent or the sidecar shuts down.
 pub async fn run(
     ws: Ws,
@@ -46,8 +60,14 @@ pub async fn run(
     membership: Membership,
     shared: &Shared,
     peer: SocketAddr,
-    user: Option<String>,
+    options: Options,
 ) {
+    let Options {
+        v1,
+        resume,
+        confirmed,
+        user,
+    } = options;
     let metrics = &shared.metrics;
     metrics.connections.inc();
     debug!(%peer, user = user.as_deref().unwrap_or("-"), groups = ?membership.groups(), "client connected");
@@ -63,6 +83,29 @@ pub async fn run(
     // future made anew per loop would re-register with it for every event.
     let shutdown = shared.shutdown.cancelled();
     tokio::pin!(shutdown);
+
+    // Missed events first; live ones wait in the queue meanwhile (subscribed before the 101).
+    let mut positions = Positions::default();
+    if !resume.is_empty() {
+        let caught_up = tokio::select! {
+            r = tokio::time::timeout(interval, catchup::resume(&mut sink, &shared.broker, metrics, resume, confirmed, &mut positions)) => r,
+            _ = &mut shutdown => Ok(Err(WsError::ConnectionClosed)),
+        };
+        if let Some(reason) = caught_up_or_close(&mut sink, caught_up, peer).await {
+            metrics.closed(reason);
+            metrics.connections.dec();
+            return;
+        }
+    }
+    // v1 clients are caught up (or reset) when the broker re-made a lost subscription.
+    let mut resubscribed = v1.then(|| shared.hub.resubscriptions());
+    let groups = membership.groups().to_vec();
+    let frame = |ev: &Event, positions: &mut Positions| -> Option<Utf8Bytes> {
+        if !v1 {
+            return Some(ev.payload.clone());
+        }
+        positions.admit(ev).then(|| ev.v1_frame().clone())
+    };
 
     let reason = loop {
         tokio::select! {
@@ -123,10 +166,16 @@ pub async fn run(
                     break CloseReason::SlowClient;
                 };
                 let write = async {
-                    sink.feed(Message::Text(first)).await?;
+                    if let Some(f) = frame(&first, &mut positions) {
+                        sink.feed(Message::Text(f)).await?;
+                    }
                     for _ in 1..BATCH {
                         match queue.try_pop() {
-                            Some(next) => sink.feed(Message::Text(next)).await?,
+                            Some(next) => {
+                                if let Some(f) = frame(&next, &mut positions) {
+                                    sink.feed(Message::Text(f)).await?;
+                                }
+                            }
                             None => break,
                         }
                     }
@@ -159,6 +208,15 @@ pub async fn run(
                     }
                 }
             }
+            _ = changed(&mut resubscribed) => {
+                let caught_up = tokio::select! {
+                    r = tokio::time::timeout(interval, catchup::catch_up(&mut sink, &shared.broker, metrics, &groups, &mut positions)) => r,
+                    _ = &mut shutdown => Ok(Err(WsError::ConnectionClosed)),
+                };
+                if let Some(reason) = caught_up_or_close(&mut sink, caught_up, peer).await {
+                    break reason;
+                }
+            }
             _ = ping.tick() => {
                 if last_seen.elapsed() > interval * 2 {
                     info!(%peer, silent_for = ?last_seen.elapsed(), "dropping a client silent for two ping intervals");
@@ -174,6 +232,41 @@ pub async fn run(
     metrics.closed(reason);
     metrics.connections.dec();
     debug!(%peer, ?reason, "client disconnected");
+}
+
+/// Resolves when the broker re-made its subscriptions (never for `None`).
+async fn changed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    if let Some(rx) = rx
+        && rx.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// Ends the session when catching up failed: the client went away, or it did not take its
+/// missed events within a ping interval.
+async fn caught_up_or_close<S>(
+    sink: &mut S,
+    outcome: Result<Result<(), WsError>, tokio::time::error::Elapsed>,
+    peer: SocketAddr,
+) -> Option<CloseReason>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "client went away while catching up");
+            close(sink, CloseCode::Away, "reconnect").await;
+            Some(CloseReason::Gone)
+        }
+        Err(_) => {
+            info!(%peer, "client did not take its missed events within a ping interval; closing");
+            close(sink, CloseCode::Again, "too slow catching up, reconnect").await;
+            Some(CloseReason::SlowClient)
+        }
+    }
 }
 
 /// Sends a close frame, bounded in time: a client that does not read must not hold us.

@@ -4,10 +4,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use clap::Parser;
 use taskstream_sidecar::config::Args;
+use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 
 use crate::upstream::http_get;
@@ -176,6 +177,8 @@ pub struct SidecarProcess {
     pub public: SocketAddr,
     pub admin: SocketAddr,
     child: Option<tokio::process::Child>,
+    /// Its stderr so far, when spawned with [`SidecarProcess::spawn_captured`].
+    stderr: Option<Arc<Mutex<Vec<u8>>>>,
 }
 
 impl SidecarProcess {
@@ -186,24 +189,66 @@ impl SidecarProcess {
 
     /// Spawns the binary on the given addresses (e.g. to restart it where it was).
     pub async fn spawn_on(public: SocketAddr, admin: SocketAddr, args: &[&str]) -> Self {
-        let child = tokio::process::Command::new(binary())
+        Self::spawn_inner(public, admin, args, &[], false).await
+    }
+
+    /// Like [`SidecarProcess::spawn`], with stderr piped (so not a terminal) and kept for
+    /// [`SidecarProcess::stderr`], and `env` set. `args` may name its own `--admin-listen`.
+    pub async fn spawn_captured(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_inner(
+            loopback(free_port()),
+            loopback(free_port()),
+            args,
+            env,
+            true,
+        )
+        .await
+    }
+
+    async fn spawn_inner(
+        public: SocketAddr,
+        admin: SocketAddr,
+        args: &[&str],
+        env: &[(&str, &str)],
+        capture: bool,
+    ) -> Self {
+        let given_admin = admin_override(args);
+        let mut own = vec!["--listen".to_owned(), public.to_string()];
+        if given_admin.is_none() {
+            own.extend(["--admin-listen".to_owned(), admin.to_string()]);
+        }
+        let admin = given_admin.unwrap_or(admin);
+        let mut child = tokio::process::Command::new(binary())
             .kill_on_drop(true)
-            .args([
-                "--listen",
-                &public.to_string(),
-                "--admin-listen",
-                &admin.to_string(),
-            ])
+            .args(own)
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(if capture {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .spawn()
             .expect("spawn taskstream-sidecar");
+        let stderr = child.stderr.take().map(|mut pipe| {
+            // Drained as it comes, so the child never blocks on a full pipe.
+            let buf = Arc::new(Mutex::new(Vec::new()));
+            let sink = buf.clone();
+            tokio::spawn(async move {
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = pipe.read(&mut chunk).await {
+                    sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+                }
+            });
+            buf
+        });
         let p = Self {
             public,
             admin,
             child: Some(child),
+            stderr,
         };
         crate::eventually("sidecar /healthz", || async move {
             (http_get(&format!("http://{admin}/healthz")).await.0 == 200).then_some(())
@@ -222,6 +267,20 @@ impl SidecarProcess {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmRSS in /proc/<pid>/status")
+    }
+
+    /// SIGKILL, as a crashed or evicted pod: no close frames, nothing drained.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.start_kill();
+            let _ = tokio::time::timeout(WAIT, c.wait()).await;
+        }
+    }
+
+    /// Everything the process wrote to stderr so far (only with `spawn_captured`).
+    pub fn stderr(&self) -> String {
+        let buf = self.stderr.as_ref().expect("spawned with spawn_captured");
+        String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
     }
 
     /// Sends SIGTERM.
@@ -259,6 +318,12 @@ impl Drop for SidecarProcess {
             let _ = c.start_kill();
         }
     }
+}
+
+/// The `--admin-listen` in `args`, if any.
+fn admin_override(args: &[&str]) -> Option<SocketAddr> {
+    let at = args.iter().position(|a| *a == "--admin-listen")?;
+    args.get(at + 1)?.parse().ok()
 }
 
 /// Runs the binary with `args` and returns (exit code, stderr) — for config errors.

@@ -273,3 +273,8 @@ pub fn request(method: &str, url: &str, body: impl Into<Bytes>) -> Request<Body>
         )
         .expect("request")
 }
+
+/// `POST url` with `body` -> (status, body).
+pub async fn http_post(url: &str, body: &str) -> (u16, String) {
+    send(request("POST", url, body.to_owned())).await
+}

@@ -546,6 +546,52 @@ async fn forward_allow_admits_with_the_apps_groups_and_passes_the_clients_creden
 }
 
 #[tokio::test]
+async fn forward_auth_gets_the_same_forwarded_headers_as_a_proxied_request() {
+    let redis = RedisServer::start().await;
+    let app = App::start().await;
+    app.set_auth(AuthAnswer::Allow {
+        user: "dave".into(),
+        groups: vec!["team".into()],
+    });
+    let sc = forward_sidecar(&redis, &app.url(), &[]).await;
+
+    // No X-Forwarded-* from the client: the peer and the request's own host and scheme.
+    let _ws = connect(&sc.ws_url("")).await;
+    let (headers, _) = app.last_auth().expect("the app was asked");
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-host"], sc.public.to_string());
+
+    // A client's (possibly spoofed) value is kept, and the real peer appended after it, exactly
+    // as on a proxied request to the app.
+    let spoof = [
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "app.example.com"),
+    ];
+    let _ws = connect_with(&sc.ws_url(""), &spoof)
+        .await
+        .expect("allowed by the app");
+    let (auth_headers, _) = app.last_auth().expect("the app was asked");
+    let mut req = upstream::request("GET", &format!("http://{}/echo", sc.public), "");
+    for (k, v) in spoof {
+        req.headers_mut().insert(k, v.parse().unwrap());
+    }
+    let (status, body) = upstream::send(req).await;
+    assert_eq!(status, 200);
+    let echoed: Value = serde_json::from_str(&body).unwrap();
+    for (name, want) in [
+        ("x-forwarded-for", "6.6.6.6, 127.0.0.1"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "app.example.com"),
+    ] {
+        assert_eq!(auth_headers[name], want, "forward auth {name}");
+        assert_eq!(echoed["headers"][name], want, "proxied {name}");
+    }
+    sc.stop().await;
+}
+
+#[tokio::test]
 async fn forward_app_refusals_and_failures_map_to_401_403_and_503() {
     let redis = RedisServer::start().await;
     let app = App::start().await;

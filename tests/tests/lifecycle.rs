@@ -135,3 +135,20 @@ async fn sigterm_closes_clients_with_1001_drains_requests_and_exits_0() {
     let exit = sc.wait_exit().await;
     assert!(exit.success(), "exit status {exit:?}");
 }
+
+#[tokio::test]
+async fn text_logs_have_no_colour_escapes_when_stderr_is_not_a_terminal() {
+    let sc = SidecarProcess::spawn_captured(&["--auth", "none", "--broker", "memory"], &[]).await;
+    // The start-up warning about --auth none and the listening line are both info or above.
+    let logs = taskstream_tests::eventually("the listening line on stderr", || async {
+        let logs = sc.stderr();
+        logs.contains("taskstream sidecar listening")
+            .then_some(logs)
+    })
+    .await;
+    assert!(logs.contains("--auth none"), "{logs}");
+    assert!(
+        !logs.contains("\x1b["),
+        "ANSI escapes in piped logs: {logs:?}"
+    );
+}

@@ -127,3 +127,65 @@ fn origins_parse() {
     .unwrap();
     assert_eq!(cfg.allowed_origins, AllowedOrigins::Any);
 }
+
+#[test]
+fn publish_is_loopback_only_unless_opened() {
+    let base = ["--auth", "none", "--broker", "memory"];
+    assert!(!args(&base).unwrap().publish_allow_remote);
+    let open = [&base[..], &["--publish-allow-remote"]].concat();
+    assert!(args(&open).unwrap().publish_allow_remote);
+    let cmd = <Args as clap::CommandFactory>::command();
+    let arg = cmd
+        .get_arguments()
+        .find(|a| a.get_id() == "publish_allow_remote")
+        .unwrap();
+    assert_eq!(
+        arg.get_env().and_then(|e| e.to_str()),
+        Some("TASKSTREAM_PUBLISH_ALLOW_REMOTE")
+    );
+}
+
+#[test]
+fn history_flags() {
+    let base = ["--auth", "none", "--broker", "memory"];
+    let cfg = args(&base).unwrap();
+    assert_eq!(cfg.history, None, "off by default");
+    assert!(!cfg.ready_requires_broker);
+    let on = [
+        &base[..],
+        &["--history-size", "100", "--history-ttl", "90s"],
+    ]
+    .concat();
+    assert_eq!(
+        args(&on).unwrap().history,
+        Some(HistoryConfig {
+            size: 100,
+            ttl: Duration::from_secs(90)
+        })
+    );
+    let big = [&base[..], &["--history-size", "10001"]].concat();
+    assert!(args(&big).unwrap_err().contains("--history-size"));
+    let short = [
+        &base[..],
+        &["--history-size", "1", "--history-ttl", "500ms"],
+    ]
+    .concat();
+    assert!(args(&short).unwrap_err().contains("--history-ttl"));
+    let channels = [
+        "--auth",
+        "none",
+        "--redis-url",
+        "redis://127.0.0.1:6379",
+        "--redis-protocol",
+        "channels",
+        "--history-size",
+        "10",
+    ];
+    let err = args(&channels).unwrap_err();
+    assert!(
+        err.contains("--history-size") && err.contains("at-most-once"),
+        "{err}"
+    );
+    let strict = [&base[..], &["--ready-requires-broker"]].concat();
+    assert!(args(&strict).unwrap().ready_requires_broker);
+}

@@ -1,0 +1,97 @@
+use std::time::Duration;
+
+use super::*;
+use crate::metrics::Metrics;
+
+fn id(s: &str) -> StreamId {
+    StreamId::parse(s).unwrap()
+}
+
+fn snap(exists: bool, maxdel: &str, lastgen: &str, ids: &[&str]) -> Snapshot {
+    Snapshot {
+        exists,
+        max_deleted: id(maxdel),
+        last_generated: id(lastgen),
+        entries: ids.iter().map(|i| (id(i), Utf8Bytes::from(*i))).collect(),
+    }
+}
+
+fn ids(r: &Recovery) -> Vec<String> {
+    match r {
+        Recovery::Events(e) => e.iter().map(|(i, _)| i.to_string()).collect(),
+        Recovery::Reset(r) => vec![format!("reset:{}", r.as_str())],
+    }
+}
+
+#[test]
+fn resume_delivers_exactly_what_follows_or_resets() {
+    // Nothing trimmed after 10-0: the two newer events.
+    let r = decide(id("10-0"), snap(true, "9-5", "12-0", &["11-0", "12-0"]), 5);
+    assert_eq!(ids(&r), ["11-0", "12-0"]);
+    // The client's own last event was trimmed, nothing after it: still complete.
+    let r = decide(id("10-0"), snap(true, "10-0", "12-0", &["11-0", "12-0"]), 5);
+    assert_eq!(ids(&r), ["11-0", "12-0"]);
+    // Something after 10-0 was trimmed.
+    let r = decide(id("10-0"), snap(true, "10-1", "12-0", &["11-0", "12-0"]), 5);
+    assert_eq!(ids(&r), ["reset:trimmed"]);
+    // Gone (TTL, FLUSHALL, restart).
+    let r = decide(id("10-0"), snap(false, "0-0", "0-0", &[]), 5);
+    assert_eq!(ids(&r), ["reset:expired"]);
+    // An id from the future of this history.
+    let r = decide(id("13-0"), snap(true, "0-0", "12-0", &[]), 5);
+    assert_eq!(ids(&r), ["reset:unknown"]);
+    // Up to date.
+    let r = decide(id("12-0"), snap(true, "0-0", "12-0", &[]), 5);
+    assert_eq!(ids(&r), Vec::<String>::new());
+    // More missed than this sidecar reads back (it read size + 1).
+    let r = decide(
+        id("1-0"),
+        snap(true, "0-0", "12-0", &["2-0", "3-0", "4-0"]),
+        2,
+    );
+    assert_eq!(ids(&r), ["reset:too_far"]);
+    // Late joiner: whatever is there, never a reset.
+    let r = decide(StreamId::ZERO, snap(false, "0-0", "0-0", &[]), 5);
+    assert_eq!(ids(&r), Vec::<String>::new());
+    assert_eq!(read_count(StreamId::ZERO, 5), 5);
+    assert_eq!(read_count(id("1-0"), 5), 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_ring_trims_expires_and_hands_events_to_the_hub() {
+    let hub = Hub::new(64, 1 << 20, true, Metrics::default());
+    let member = hub.join(vec!["g".into()]);
+    let h = MemoryHistory::new(HistoryConfig {
+        size: 3,
+        ttl: Duration::from_secs(60),
+    });
+    let mut issued = Vec::new();
+    for n in 0..5 {
+        let (i, receivers) = h.publish(&hub, "g", format!("e{n}").into());
+        assert_eq!(receivers, 1);
+        issued.push(i);
+    }
+    assert!(issued.windows(2).all(|w| w[0] < w[1]), "ids increase");
+    // Live copies carry their ids.
+    for i in &issued {
+        let ev = member.queue.try_pop().expect("live event");
+        assert_eq!(ev.id, Some(*i));
+    }
+    let all = h.snapshot("g", StreamId::ZERO, 3);
+    assert_eq!(all.entries.len(), 3, "trimmed to --history-size");
+    assert_eq!(all.max_deleted, issued[1]);
+    // Resuming from the newest trimmed event is complete; from before it is not.
+    let from = |last| decide(last, h.snapshot("g", last, read_count(last, 3)), 3);
+    assert_eq!(from(issued[1]), Recovery::Events(all.entries.clone()));
+    assert_eq!(from(issued[0]), Recovery::Reset(ResetReason::Trimmed));
+    // Expiry: a minute after the last event the history is gone.
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert_eq!(from(issued[4]), Recovery::Reset(ResetReason::Expired));
+    // A new lifetime: ids from the old one read as lost, never as "nothing missed"...
+    let (fresh, _) = h.publish(&hub, "g", "new".into());
+    assert!(fresh > issued[4]);
+    assert_eq!(from(issued[3]), Recovery::Reset(ResetReason::Trimmed));
+    // ...except the very last one, which nothing followed (ids are issued back to back here).
+    assert_eq!(ids(&from(issued[4])), vec![fresh.to_string()]);
+    assert_eq!(ids(&from(fresh)), Vec::<String>::new());
+}
