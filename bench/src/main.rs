@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use taskstream_bench::procs::{Bins, Kind};
 use taskstream_bench::report;
-use taskstream_bench::scenario::{Broker, Ctx, broadcast, fanout, idle, proxy, reconnect};
+use taskstream_bench::scenario::{
+    Broker, Ctx, broadcast, fanout, idle, proxy, reconnect, resume,
+};
 
 #[derive(Parser)]
 #[command(
@@ -95,9 +97,20 @@ enum Scenario {
         /// --min-secs).
         #[arg(long, default_value_t = 0.0)]
         soak_secs: f64,
-        /// Deliveries per second during the soak.
+        /// Deliveries per second during the soak (and all through a --resume run).
         #[arg(long, default_value_t = 20_000.0)]
         soak_rate: f64,
+        /// Resume storm instead (--broker redis, sidecar only): taskstream.v1 clients, events
+        /// published with history, the sidecar down for --outage-ms, every client back at once
+        /// with last_id; time until all have caught up.
+        #[arg(long)]
+        resume: bool,
+        /// `--history-size` of the sidecar in a --resume run.
+        #[arg(long, default_value_t = 1000)]
+        history_size: usize,
+        /// How long the sidecar stays down in a --resume run.
+        #[arg(long, default_value_t = 2000)]
+        outage_ms: u64,
     },
     /// Every scenario with its defaults, then the summary table and the plot.
     All {
@@ -228,9 +241,33 @@ impl Run {
                 Scenario::Reconnect {
                     conns,
                     groups,
+                    jitter_ms: _,
+                    soak_secs,
+                    soak_rate,
+                    resume: true,
+                    history_size,
+                    outage_ms,
+                } => {
+                    let a = resume::Args {
+                        conns: *conns,
+                        groups: *groups,
+                        history_size: *history_size,
+                        rate: *soak_rate,
+                        before: Duration::from_secs(5),
+                        outage: Duration::from_millis(*outage_ms),
+                        after: Duration::from_secs_f64(*soak_secs),
+                    };
+                    let v = resume::run(&self.ctx, a).await?;
+                    let variant = format!("{conns} conns, resume after {outage_ms} ms down");
+                    self.emit(tag(v, "resume", &variant, Kind::Sidecar, run, broker))?;
+                }
+                Scenario::Reconnect {
+                    conns,
+                    groups,
                     jitter_ms,
                     soak_secs,
                     soak_rate,
+                    ..
                 } => {
                     for kind in self.kinds() {
                         let a = reconnect::Args {
@@ -344,6 +381,9 @@ async fn main() -> Result<()> {
                     jitter_ms: 1000,
                     soak_secs: 0.0,
                     soak_rate: 20_000.0,
+                    resume: false,
+                    history_size: 1000,
+                    outage_ms: 2000,
                 },
             ];
             for s in &all {

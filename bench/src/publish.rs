@@ -24,7 +24,13 @@ use crate::http::Conn;
 pub enum Sink {
     Admin(SocketAddr),
     Redis(String),
+    /// Redis with history: the sidecar's publish script (`EVAL`, docs/protocol.md), which
+    /// stores the event in the group's stream and publishes it with its id.
+    RedisHistory { url: String, size: usize, ttl_ms: u64 },
 }
+
+/// The one supported way to publish with history.
+const PUBLISH_SCRIPT: &str = include_str!("../../sidecar/src/broker/publish.lua");
 
 /// One paced burst of events.
 #[derive(Clone, Debug)]
@@ -73,7 +79,7 @@ pub async fn run(sink: &Sink, schedule: &Schedule) -> Result<Published> {
     let start = Instant::now();
     let mut set = JoinSet::new();
     let redis = match sink {
-        Sink::Redis(url) => Some(
+        Sink::Redis(url) | Sink::RedisHistory { url, .. } => Some(
             redis::Client::open(url.as_str())?
                 .get_multiplexed_async_connection()
                 .await
@@ -81,14 +87,20 @@ pub async fn run(sink: &Sink, schedule: &Schedule) -> Result<Published> {
         ),
         Sink::Admin(_) => None,
     };
+    let script = redis::Script::new(PUBLISH_SCRIPT);
     for w in 0..workers {
         let sink = sink.clone();
         let s = schedule.clone();
         let mut redis = redis.clone();
+        let script = script.clone();
+        let history = match &sink {
+            Sink::RedisHistory { size, ttl_ms, .. } => Some((*size, *ttl_ms)),
+            _ => None,
+        };
         set.spawn(async move {
             let mut admin = match &sink {
                 Sink::Admin(addr) => Conn::open(*addr).await.ok(),
-                Sink::Redis(_) => None,
+                Sink::Redis(_) | Sink::RedisHistory { .. } => None,
             };
             let groups = s.groups.max(1);
             let mut out = Published {
@@ -111,6 +123,17 @@ pub async fn run(sink: &Sink, schedule: &Schedule) -> Result<Published> {
                         )
                         .await
                         .is_ok_and(|(st, _)| st == 200),
+                    (None, Some(r)) if history.is_some() => {
+                        let (size, ttl_ms) = history.unwrap_or_default();
+                        script
+                            .key(format!("taskstream:{group}"))
+                            .arg(body)
+                            .arg(size)
+                            .arg(ttl_ms)
+                            .invoke_async::<String>(r)
+                            .await
+                            .is_ok()
+                    }
                     (None, Some(r)) => match redis::cmd("PUBLISH")
                         .arg(format!("taskstream:{group}"))
                         .arg(body)

@@ -99,6 +99,23 @@ pub fn figures(scenario: &str) -> &'static [Figure] {
                 "/redis_reconnects"
             ),
         ],
+        "resume" => &[
+            f!("sidecar ready again (ms)", "/ready_ms"),
+            f!("all reconnected with last_id (ms)", "/all_reconnected_ms"),
+            f!("all caught up (ms)", "/all_caught_up_ms"),
+            f!("events recovered from history", "/history_recovered_events"),
+            f!(
+                "redis-server CPU while catching up (ms)",
+                "/redis_cpu_ms_catching_up"
+            ),
+            f!("sidecar RSS before (bytes)", "/sidecar_rss_before_bytes"),
+            f!("sidecar RSS peak catching up (bytes)", "/sidecar_rss_peak_bytes"),
+            f!("publishing after the restart (s)", "/steps/after/publish_secs"),
+            worst!("lost (worst run)", "/lost"),
+            worst!("duplicates (worst run)", "/duplicates"),
+            worst!("resets (worst run)", "/resets"),
+            worst!("redis reconnects (worst run)", "/redis_reconnects"),
+        ],
         "proxy" => &[
             f!("direct p50 (ms)", "/direct/serial_p50_ms"),
             f!("through sidecar p50 (ms)", "/sidecar/serial_p50_ms"),

@@ -17,6 +17,10 @@ pub struct Counters {
     pub events_dropped: u64,
     /// `taskstream_connections_closed_total{reason="SlowClient"}`: clients closed with 1013.
     pub slow_client_closes: u64,
+    /// `taskstream_history_recovered_events_total`: events resuming clients got from history.
+    pub history_recovered: u64,
+    /// `taskstream_history_resets_total`, every reason.
+    pub history_resets: u64,
 }
 
 impl Counters {
@@ -30,6 +34,10 @@ impl Counters {
             slow_client_closes: self
                 .slow_client_closes
                 .saturating_sub(before.slow_client_closes),
+            history_recovered: self
+                .history_recovered
+                .saturating_sub(before.history_recovered),
+            history_resets: self.history_resets.saturating_sub(before.history_resets),
         }
     }
 }
@@ -58,6 +66,8 @@ pub fn parse(text: &str) -> Counters {
         match name {
             "taskstream_redis_reconnects_total" => c.redis_reconnects += value,
             "taskstream_events_dropped_total" => c.events_dropped += value,
+            "taskstream_history_recovered_events_total" => c.history_recovered += value,
+            "taskstream_history_resets_total" => c.history_resets += value,
             "taskstream_connections_closed_total" if series.contains("reason=\"SlowClient\"") => {
                 c.slow_client_closes += value
             }
@@ -79,13 +89,17 @@ mod tests {
             taskstream_events_dropped_total{reason=\"TooLarge\"} 1\n\
             taskstream_connections_closed_total{reason=\"SlowClient\"} 3\n\
             taskstream_connections_closed_total{reason=\"Client\"} 9\n\
+            taskstream_history_recovered_events_total 40\n\
+            taskstream_history_resets_total{reason=\"Trimmed\"} 1\n\
             # EOF\n";
         assert_eq!(
             parse(text),
             Counters {
                 redis_reconnects: 2,
                 events_dropped: 6,
-                slow_client_closes: 3
+                slow_client_closes: 3,
+                history_recovered: 40,
+                history_resets: 1,
             }
         );
     }

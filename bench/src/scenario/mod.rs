@@ -6,6 +6,7 @@ pub mod fanout;
 pub mod idle;
 pub mod proxy;
 pub mod reconnect;
+pub mod resume;
 
 use std::time::Duration;
 
@@ -112,6 +113,7 @@ impl Target {
             concurrency: ctx.concurrency,
             reconnect_jitter: None,
             deadline: ctx.deadline,
+            v1: false,
         })
         .await
     }

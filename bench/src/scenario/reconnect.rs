@@ -47,6 +47,7 @@ pub async fn run(ctx: &Ctx, kind: Kind, args: Args) -> Result<Value> {
         concurrency: ctx.concurrency,
         reconnect_jitter: Some(jitter),
         deadline: ctx.deadline,
+        v1: false,
     })
     .await;
     let stats = fleet.stats.clone();
