@@ -365,9 +365,10 @@ impl Client {
         }
         let stream = TcpStream::connect(self.addr).await.ok()?;
         stream.set_nodelay(true).ok()?;
-        let (ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(client_config()))
-            .await
-            .ok()?;
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(req, stream, Some(client_config()))
+                .await
+                .ok()?;
         Some(ws)
     }
 }
@@ -380,7 +381,10 @@ pub const V1_SUBPROTOCOL: &str = "taskstream.v1";
 pub enum V1<'a> {
     /// `{"type":"event","group":G,"id":ID,"data":D}`: the id (absent without history) and the
     /// payload as it was published (JSON goes in unchanged).
-    Event { id: Option<&'a [u8]>, data: &'a [u8] },
+    Event {
+        id: Option<&'a [u8]>,
+        data: &'a [u8],
+    },
     /// `{"type":"reset",...}`.
     Reset,
     Other,
@@ -437,7 +441,10 @@ mod tests {
         let stamp = parse(data).expect("payload");
         assert_eq!((stamp.step, stamp.seq), (3, 4));
         let live = format!(r#"{{"type":"event","group":"g1","data":{p}}}"#);
-        assert!(matches!(parse_v1(live.as_bytes()), V1::Event { id: None, .. }));
+        assert!(matches!(
+            parse_v1(live.as_bytes()),
+            V1::Event { id: None, .. }
+        ));
         let reset = r#"{"type":"reset","group":"g1","reason":"trimmed"}"#;
         assert_eq!(parse_v1(reset.as_bytes()), V1::Reset);
     }

@@ -9,9 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use taskstream_bench::procs::{Bins, Kind};
 use taskstream_bench::report;
-use taskstream_bench::scenario::{
-    Broker, Ctx, broadcast, fanout, idle, proxy, reconnect, resume,
-};
+use taskstream_bench::scenario::{Broker, Ctx, broadcast, fanout, idle, proxy, reconnect, resume};
 
 #[derive(Parser)]
 #[command(

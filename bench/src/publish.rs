@@ -26,7 +26,11 @@ pub enum Sink {
     Redis(String),
     /// Redis with history: the sidecar's publish script (`EVAL`, docs/protocol.md), which
     /// stores the event in the group's stream and publishes it with its id.
-    RedisHistory { url: String, size: usize, ttl_ms: u64 },
+    RedisHistory {
+        url: String,
+        size: usize,
+        ttl_ms: u64,
+    },
 }
 
 /// The one supported way to publish with history.

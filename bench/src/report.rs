@@ -109,8 +109,14 @@ pub fn figures(scenario: &str) -> &'static [Figure] {
                 "/redis_cpu_ms_catching_up"
             ),
             f!("sidecar RSS before (bytes)", "/sidecar_rss_before_bytes"),
-            f!("sidecar RSS peak catching up (bytes)", "/sidecar_rss_peak_bytes"),
-            f!("publishing after the restart (s)", "/steps/after/publish_secs"),
+            f!(
+                "sidecar RSS peak catching up (bytes)",
+                "/sidecar_rss_peak_bytes"
+            ),
+            f!(
+                "publishing after the restart (s)",
+                "/steps/after/publish_secs"
+            ),
             worst!("lost (worst run)", "/lost"),
             worst!("duplicates (worst run)", "/duplicates"),
             worst!("resets (worst run)", "/resets"),
