@@ -167,4 +167,37 @@ fn every_scenario_runs_with_a_few_clients() {
     assert!(r[0]["all_receiving_ms"].as_f64().is_some(), "{}", r[0]);
     assert_eq!(r[0]["soak"]["lost"], 0, "{}", r[0]);
     assert_eq!(r[0]["redis_reconnects"], 0, "{}", r[0]);
+
+    // The resume storm: taskstream.v1 clients back with last_id after 0.5 s down get what they
+    // missed from history, once each.
+    let s = bench(
+        &sidecar,
+        &[
+            "--broker",
+            "redis",
+            "--min-secs",
+            "2",
+            "reconnect",
+            "--resume",
+            "--conns",
+            "20",
+            "--groups",
+            "4",
+            "--outage-ms",
+            "500",
+            "--soak-rate",
+            "400",
+        ],
+    );
+    let r = runs(&s, "resume");
+    assert_eq!(r.len(), 1, "{s:?}");
+    assert!(r[0]["all_caught_up_ms"].as_f64().is_some(), "{}", r[0]);
+    assert!(
+        r[0]["history_recovered_events"].as_u64() > Some(0),
+        "{}",
+        r[0]
+    );
+    for key in ["lost", "duplicates", "resets", "redis_reconnects"] {
+        assert_eq!(r[0][key], 0, "{key}: {}", r[0]);
+    }
 }
