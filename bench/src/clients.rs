@@ -20,11 +20,13 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::hist::Histogram;
 use crate::procs::{JWT_SECRET, Kind};
+use crate::seen::{Counts, Seen};
 
 /// Most measurement steps one fleet records separately.
 pub const STEPS: usize = 64;
@@ -35,22 +37,37 @@ pub fn now_ns() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
-/// The event body: step and send time first, so a client finds them without a JSON parser.
-pub fn payload(step: usize, group: &str, pad: usize) -> String {
+/// The event body: step, the group's sequence number within the step and the send time first,
+/// so a client finds them without a JSON parser.
+pub fn payload(step: usize, seq: u64, group: &str, pad: usize) -> String {
     format!(
-        "{{\"k\":{step},\"t\":{},\"group\":\"{group}\",\"progress\":42,\"pad\":\"{}\"}}",
+        "{{\"k\":{step},\"s\":{seq},\"t\":{},\"group\":\"{group}\",\"progress\":42,\"pad\":\"{}\"}}",
         now_ns(),
         "x".repeat(pad)
     )
 }
 
-/// `(step, sent_ns)` from a [`payload`].
-pub fn parse(text: &[u8]) -> Option<(usize, u64)> {
+/// What a client reads from a [`payload`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    pub step: usize,
+    pub seq: u64,
+    pub sent_ns: u64,
+}
+
+/// The [`Stamp`] of a [`payload`].
+pub fn parse(text: &[u8]) -> Option<Stamp> {
     let rest = text.strip_prefix(b"{\"k\":")?;
     let (k, rest) = number(rest)?;
+    let rest = rest.strip_prefix(b",\"s\":")?;
+    let (seq, rest) = number(rest)?;
     let rest = rest.strip_prefix(b",\"t\":")?;
     let (t, _) = number(rest)?;
-    Some((k as usize, t))
+    Some(Stamp {
+        step: k as usize,
+        seq,
+        sent_ns: t,
+    })
 }
 
 fn number(b: &[u8]) -> Option<(u64, &[u8])> {
@@ -71,7 +88,10 @@ fn number(b: &[u8]) -> Option<(u64, &[u8])> {
 /// What one step saw.
 #[derive(Default)]
 pub struct Step {
+    /// Latency of every event received (duplicates included).
     pub hist: Histogram,
+    /// Events new to their client, duplicates, out of range (see [`crate::seen`]).
+    pub counts: Counts,
 }
 
 /// Counters shared by every client task.
@@ -87,6 +107,8 @@ pub struct Stats {
     pub last_back_ns: AtomicU64,
     /// Bumped on a server restart: a connection made after it counts as "back".
     pub epoch: AtomicUsize,
+    /// `taskstream.v1` `reset` frames received (history could not cover a gap).
+    pub resets: AtomicU64,
 }
 
 impl Default for Stats {
@@ -98,6 +120,7 @@ impl Default for Stats {
             receiving_again: AtomicUsize::new(0),
             last_back_ns: AtomicU64::new(0),
             epoch: AtomicUsize::new(0),
+            resets: AtomicU64::new(0),
         }
     }
 }
@@ -116,6 +139,9 @@ pub struct Plan {
     pub reconnect_jitter: Option<Duration>,
     /// Hard stop for every client task.
     pub deadline: Duration,
+    /// Speak `taskstream.v1` (sidecar only): JSON frames with ids, and resume with `last_id`
+    /// from the last id received after a drop.
+    pub v1: bool,
 }
 
 /// Summary of the opening phase.
@@ -173,6 +199,8 @@ impl Fleet {
             };
             let client = Client {
                 url,
+                group,
+                v1: plan.v1 && plan.kind == Kind::Sidecar,
                 addr: plan.server,
                 stats: stats.clone(),
                 stop: stop.clone(),
@@ -209,6 +237,8 @@ impl Fleet {
 
 struct Client {
     url: String,
+    group: String,
+    v1: bool,
     addr: SocketAddr,
     stats: Arc<Stats>,
     stop: CancellationToken,
@@ -228,13 +258,17 @@ impl Client {
     async fn run(self) {
         let mut signalled = false;
         let mut attempts = 0u32;
+        // Across reconnections too: an event received twice is a duplicate either way.
+        let mut seen = Seen::default();
+        // The id of the last event of our group (taskstream.v1), sent back as `last_id`.
+        let mut last_id: Option<String> = None;
         loop {
             let epoch = self.stats.epoch.load(Ordering::Relaxed);
             let ws = {
                 let _permit = self.gate.acquire().await;
                 tokio::select! {
                     _ = self.stop.cancelled() => return,
-                    r = tokio::time::timeout(Duration::from_secs(10), self.connect()) => r.ok().flatten(),
+                    r = tokio::time::timeout(Duration::from_secs(10), self.connect(last_id.as_deref())) => r.ok().flatten(),
                 }
             };
             let Some(mut ws) = ws else {
@@ -262,12 +296,29 @@ impl Client {
                     m = ws.next() => m,
                 };
                 let Some(Ok(msg)) = msg else { break };
-                if let Message::Text(text) = msg
-                    && let Some((step, sent)) = parse(text.as_bytes())
-                {
+                let Message::Text(text) = msg else { continue };
+                let body = if self.v1 {
+                    match parse_v1(text.as_bytes()) {
+                        V1::Event { id, data } => {
+                            if let Some(id) = id {
+                                last_id = Some(String::from_utf8_lossy(id).into_owned());
+                            }
+                            data
+                        }
+                        V1::Reset => {
+                            self.stats.resets.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        V1::Other => continue,
+                    }
+                } else {
+                    text.as_bytes()
+                };
+                if let Some(stamp) = parse(body) {
                     let now = now_ns();
-                    if let Some(s) = self.stats.steps.get(step) {
-                        s.hist.record(now.saturating_sub(sent) / 1000);
+                    if let Some(s) = self.stats.steps.get(stamp.step) {
+                        s.hist.record(now.saturating_sub(stamp.sent_ns) / 1000);
+                        seen.mark(stamp.step, stamp.seq, &s.counts);
                     }
                     if first {
                         first = false;
@@ -297,18 +348,73 @@ impl Client {
         }
     }
 
-    async fn connect(&self) -> Option<tokio_tungstenite::WebSocketStream<TcpStream>> {
+    async fn connect(
+        &self,
+        last_id: Option<&str>,
+    ) -> Option<tokio_tungstenite::WebSocketStream<TcpStream>> {
+        let url = match last_id {
+            Some(id) if self.v1 => format!("{}&last_id={}:{id}", self.url, self.group),
+            _ => self.url.clone(),
+        };
+        let mut req = url.into_client_request().ok()?;
+        if self.v1 {
+            req.headers_mut().insert(
+                http::header::SEC_WEBSOCKET_PROTOCOL,
+                http::HeaderValue::from_static(V1_SUBPROTOCOL),
+            );
+        }
         let stream = TcpStream::connect(self.addr).await.ok()?;
         stream.set_nodelay(true).ok()?;
-        let (ws, _) = tokio_tungstenite::client_async_with_config(
-            self.url.as_str(),
-            stream,
-            Some(client_config()),
-        )
-        .await
-        .ok()?;
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(req, stream, Some(client_config()))
+                .await
+                .ok()?;
         Some(ws)
     }
+}
+
+/// The sidecar's subprotocol with ids and resume (docs/protocol.md).
+pub const V1_SUBPROTOCOL: &str = "taskstream.v1";
+
+/// A `taskstream.v1` frame, as far as the fleet cares.
+#[derive(Debug, PartialEq, Eq)]
+pub enum V1<'a> {
+    /// `{"type":"event","group":G,"id":ID,"data":D}`: the id (absent without history) and the
+    /// payload as it was published (JSON goes in unchanged).
+    Event {
+        id: Option<&'a [u8]>,
+        data: &'a [u8],
+    },
+    /// `{"type":"reset",...}`.
+    Reset,
+    Other,
+}
+
+/// Reads a `taskstream.v1` frame without a JSON parser (the sidecar writes the fields in this
+/// order; see `sidecar/src/protocol.rs`).
+pub fn parse_v1(text: &[u8]) -> V1<'_> {
+    if text.starts_with(b"{\"type\":\"reset\"") {
+        return V1::Reset;
+    }
+    if !text.starts_with(b"{\"type\":\"event\"") {
+        return V1::Other;
+    }
+    let Some(at) = find(text, b",\"data\":") else {
+        return V1::Other;
+    };
+    let head = &text[..at];
+    let id = find(head, b",\"id\":\"").map(|i| {
+        let rest = &head[i + 7..];
+        &rest[..rest.iter().position(|&c| c == b'"').unwrap_or(rest.len())]
+    });
+    V1::Event {
+        id,
+        data: &text[at + 8..],
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -317,11 +423,30 @@ mod tests {
 
     #[test]
     fn payload_round_trip() {
-        let p = payload(7, "g3", 10);
-        let (k, t) = parse(p.as_bytes()).expect("parse");
-        assert_eq!(k, 7);
-        assert!(t <= now_ns());
+        let p = payload(7, 12, "g3", 10);
+        let stamp = parse(p.as_bytes()).expect("parse");
+        assert_eq!((stamp.step, stamp.seq), (7, 12));
+        assert!(stamp.sent_ns <= now_ns());
         assert!(serde_json::from_str::<serde_json::Value>(&p).is_ok());
+    }
+
+    #[test]
+    fn reads_v1_frames() {
+        let p = payload(3, 4, "g1", 0);
+        let frame = format!(r#"{{"type":"event","group":"g1","id":"1700-0","data":{p}}}"#);
+        let V1::Event { id, data } = parse_v1(frame.as_bytes()) else {
+            panic!("not an event: {frame}");
+        };
+        assert_eq!(id, Some(&b"1700-0"[..]));
+        let stamp = parse(data).expect("payload");
+        assert_eq!((stamp.step, stamp.seq), (3, 4));
+        let live = format!(r#"{{"type":"event","group":"g1","data":{p}}}"#);
+        assert!(matches!(
+            parse_v1(live.as_bytes()),
+            V1::Event { id: None, .. }
+        ));
+        let reset = r#"{"type":"reset","group":"g1","reason":"trimmed"}"#;
+        assert_eq!(parse_v1(reset.as_bytes()), V1::Reset);
     }
 
     #[test]

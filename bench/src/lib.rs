@@ -19,3 +19,5 @@ pub mod procstat;
 pub mod publish;
 pub mod report;
 pub mod scenario;
+pub mod seen;
+pub mod sidecar_metrics;

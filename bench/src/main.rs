@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use taskstream_bench::procs::{Bins, Kind};
 use taskstream_bench::report;
-use taskstream_bench::scenario::{Broker, Ctx, broadcast, fanout, idle, proxy, reconnect};
+use taskstream_bench::scenario::{Broker, Ctx, broadcast, fanout, idle, proxy, reconnect, resume};
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +38,11 @@ struct Args {
     /// Hard bound on any one run, in seconds.
     #[arg(long, default_value_t = 300)]
     deadline_secs: u64,
+    /// On the Redis path, the shortest continuous publishing of any step that reports loss
+    /// (fan-out steps, the broadcast series, the soak after a reconnect storm). The default is
+    /// more than three of the sidecar's 5 s Redis keep-alive PINGs.
+    #[arg(long, default_value_t = 16.0)]
+    min_secs: f64,
     /// Also append every JSON line to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -67,6 +72,9 @@ enum Scenario {
         conns: usize,
         #[arg(long, default_value_t = 9)]
         repeats: usize,
+        /// Milliseconds between two events (they do not wait for each other).
+        #[arg(long, default_value_t = 500)]
+        period_ms: u64,
     },
     /// HTTP through the sidecar versus straight to the app.
     Proxy {
@@ -83,6 +91,24 @@ enum Scenario {
         groups: usize,
         #[arg(long, default_value_t = 1000)]
         jitter_ms: u64,
+        /// Continuous publishing after the storm, loss counted (the Redis path: at least
+        /// --min-secs).
+        #[arg(long, default_value_t = 0.0)]
+        soak_secs: f64,
+        /// Deliveries per second during the soak (and all through a --resume run).
+        #[arg(long, default_value_t = 20_000.0)]
+        soak_rate: f64,
+        /// Resume storm instead (--broker redis, sidecar only): taskstream.v1 clients, events
+        /// published with history, the sidecar down for --outage-ms, every client back at once
+        /// with last_id; time until all have caught up.
+        #[arg(long)]
+        resume: bool,
+        /// `--history-size` of the sidecar in a --resume run.
+        #[arg(long, default_value_t = 1000)]
+        history_size: usize,
+        /// How long the sidecar stays down in a --resume run.
+        #[arg(long, default_value_t = 2000)]
+        outage_ms: u64,
     },
     /// Every scenario with its defaults, then the summary table and the plot.
     All {
@@ -180,9 +206,18 @@ impl Run {
                         self.emit(tag(v, "fanout", &variant, kind, run, broker))?;
                     }
                 }
-                Scenario::Broadcast { conns, repeats } => {
+                Scenario::Broadcast {
+                    conns,
+                    repeats,
+                    period_ms,
+                } => {
                     for kind in self.kinds() {
-                        let v = broadcast::run(&self.ctx, kind, *conns, *repeats).await?;
+                        let a = broadcast::Args {
+                            conns: *conns,
+                            repeats: *repeats,
+                            period: Duration::from_millis(*period_ms),
+                        };
+                        let v = broadcast::run(&self.ctx, kind, a).await?;
                         self.emit(tag(
                             v,
                             "broadcast",
@@ -204,19 +239,45 @@ impl Run {
                 Scenario::Reconnect {
                     conns,
                     groups,
+                    jitter_ms: _,
+                    soak_secs,
+                    soak_rate,
+                    resume: true,
+                    history_size,
+                    outage_ms,
+                } => {
+                    let a = resume::Args {
+                        conns: *conns,
+                        groups: *groups,
+                        history_size: *history_size,
+                        rate: *soak_rate,
+                        before: Duration::from_secs(5),
+                        outage: Duration::from_millis(*outage_ms),
+                        after: Duration::from_secs_f64(*soak_secs),
+                    };
+                    let v = resume::run(&self.ctx, a).await?;
+                    let variant = format!("{conns} conns, resume after {outage_ms} ms down");
+                    self.emit(tag(v, "resume", &variant, Kind::Sidecar, run, broker))?;
+                }
+                Scenario::Reconnect {
+                    conns,
+                    groups,
                     jitter_ms,
+                    soak_secs,
+                    soak_rate,
+                    ..
                 } => {
                     for kind in self.kinds() {
-                        let v = reconnect::run(
-                            &self.ctx,
-                            kind,
-                            *conns,
-                            *groups,
-                            Duration::from_millis(*jitter_ms),
-                        )
-                        .await?;
+                        let a = reconnect::Args {
+                            conns: *conns,
+                            groups: *groups,
+                            jitter: Duration::from_millis(*jitter_ms),
+                            soak: Duration::from_secs_f64(*soak_secs),
+                            soak_rate: *soak_rate,
+                        };
+                        let v = reconnect::run(&self.ctx, kind, a).await?;
                         let variant = format!("{conns} conns, jitter {jitter_ms} ms");
-                        self.emit(tag(v, "reconnect", &variant, kind, run, Broker::Memory))?;
+                        self.emit(tag(v, "reconnect", &variant, kind, run, broker))?;
                     }
                 }
                 Scenario::All { .. } | Scenario::Report { .. } => {}
@@ -288,6 +349,7 @@ async fn main() -> Result<()> {
         broker: args.broker,
         concurrency: args.concurrency,
         deadline: Duration::from_secs(args.deadline_secs),
+        min_secs: Duration::from_secs_f64(args.min_secs),
     };
     let scenario_cmd = args.scenario.clone();
     let mut run = Run {
@@ -305,6 +367,7 @@ async fn main() -> Result<()> {
                 Scenario::Broadcast {
                     conns: 10_000,
                     repeats: 9,
+                    period_ms: 500,
                 },
                 Scenario::Proxy {
                     secs: 3.0,
@@ -314,6 +377,11 @@ async fn main() -> Result<()> {
                     conns: 10_000,
                     groups: 1000,
                     jitter_ms: 1000,
+                    soak_secs: 0.0,
+                    soak_rate: 20_000.0,
+                    resume: false,
+                    history_size: 1000,
+                    outage_ms: 2000,
                 },
             ];
             for s in &all {

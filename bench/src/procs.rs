@@ -81,6 +81,8 @@ struct Spec {
     bins: Bins,
     feed: Feed,
     upstream: Option<SocketAddr>,
+    /// More sidecar flags (`--history-size N`).
+    extra: Vec<String>,
 }
 
 impl Server {
@@ -91,12 +93,24 @@ impl Server {
         feed: Feed,
         upstream: Option<SocketAddr>,
     ) -> Result<Self> {
+        Self::start_with(kind, bins, feed, upstream, Vec::new()).await
+    }
+
+    /// [`Server::start`] with more sidecar flags.
+    pub async fn start_with(
+        kind: Kind,
+        bins: &Bins,
+        feed: Feed,
+        upstream: Option<SocketAddr>,
+        extra: Vec<String>,
+    ) -> Result<Self> {
         let public = loopback(free_port()?);
         let admin = loopback(free_port()?);
         let spec = Spec {
             bins: bins.clone(),
             feed,
             upstream,
+            extra,
         };
         Self::spawn_on(kind, spec, public, admin).await
     }
@@ -122,6 +136,7 @@ impl Server {
                 if let Some(up) = spec.upstream {
                     c.args(["--upstream", &format!("http://{up}")]);
                 }
+                c.args(&spec.extra);
                 c
             }
             Kind::Baseline => {
@@ -160,6 +175,11 @@ impl Server {
     /// ports; returns once the new one answers.
     pub async fn restart(&mut self) -> Result<()> {
         self.kill().await;
+        self.start_again().await
+    }
+
+    /// Starts the (killed) process again on the same ports; returns once it answers.
+    pub async fn start_again(&mut self) -> Result<()> {
         let next = Self::spawn_on(self.kind, self.spec.clone(), self.public, self.admin).await?;
         *self = next;
         Ok(())

@@ -8,10 +8,13 @@ use serde_json::{Value, json};
 
 use crate::scenario::{median, r3};
 
-/// A figure reported per scenario: a label and where it sits in a run's JSON.
+/// A figure reported per scenario: a label, where it sits in a run's JSON, and how runs combine.
 pub struct Figure {
     pub label: &'static str,
     pub pointer: &'static str,
+    /// Counts of things that must not happen (loss, duplicates, reconnects) report the worst
+    /// run, never a median that could hide one.
+    pub worst: bool,
 }
 
 /// The figures each scenario reports.
@@ -21,6 +24,16 @@ pub fn figures(scenario: &str) -> &'static [Figure] {
             Figure {
                 label: $label,
                 pointer: $pointer,
+                worst: false,
+            }
+        };
+    }
+    macro_rules! worst {
+        ($label:expr, $pointer:expr) => {
+            Figure {
+                label: $label,
+                pointer: $pointer,
+                worst: true,
             }
         };
     }
@@ -49,15 +62,65 @@ pub fn figures(scenario: &str) -> &'static [Figure] {
                 "step:50000:server_cpu_us_per_delivery"
             ),
             f!("load tool CPU at 50k/s (%)", "step:50000:tool_cpu_pct"),
+            f!("p99 at max (ms)", "/p99_ms_at_max"),
+            f!(
+                "redis-server CPU per delivery at max (us)",
+                "/broker_cpu_us_per_delivery_at_max"
+            ),
+            f!("publishing per step (s)", "/step_secs"),
+            f!("clients connected through the run (s)", "/connected_secs"),
+            worst!("lost in steps that passed (worst run)", "/lost_ok_steps"),
+            worst!("lost in any step (worst run)", "/lost_all_steps"),
+            worst!("duplicates (worst run)", "/duplicates_all_steps"),
+            worst!("redis reconnects (worst run)", "/redis_reconnects"),
         ],
-        "broadcast" => &[f!(
-            "last of N clients has the event (ms)",
-            "/last_client_ms_median"
-        )],
+        "broadcast" => &[
+            f!(
+                "last of N clients has the event (ms)",
+                "/last_client_ms_median"
+            ),
+            f!("events published", "/events"),
+            f!("publishing (s)", "/publish_secs"),
+            worst!("lost (worst run)", "/lost"),
+            worst!("duplicates (worst run)", "/duplicates"),
+            worst!("redis reconnects (worst run)", "/redis_reconnects"),
+        ],
         "reconnect" => &[
             f!("server back after kill (ms)", "/restart_ms"),
             f!("all reconnected (ms)", "/all_connected_ms"),
             f!("all receiving again (ms)", "/all_receiving_ms"),
+            f!("soak after the storm (s)", "/soak/publish_secs"),
+            f!("soak deliveries/s", "/soak/delivered_per_sec"),
+            f!("soak p99 (ms)", "/soak/p99_ms"),
+            worst!("lost in the soak (worst run)", "/soak/lost"),
+            worst!("duplicates in the soak (worst run)", "/soak/duplicates"),
+            worst!(
+                "redis reconnects after the restart (worst run)",
+                "/redis_reconnects"
+            ),
+        ],
+        "resume" => &[
+            f!("sidecar ready again (ms)", "/ready_ms"),
+            f!("all reconnected with last_id (ms)", "/all_reconnected_ms"),
+            f!("all caught up (ms)", "/all_caught_up_ms"),
+            f!("events recovered from history", "/history_recovered_events"),
+            f!(
+                "redis-server CPU while catching up (ms)",
+                "/redis_cpu_ms_catching_up"
+            ),
+            f!("sidecar RSS before (bytes)", "/sidecar_rss_before_bytes"),
+            f!(
+                "sidecar RSS peak catching up (bytes)",
+                "/sidecar_rss_peak_bytes"
+            ),
+            f!(
+                "publishing after the restart (s)",
+                "/steps/after/publish_secs"
+            ),
+            worst!("lost (worst run)", "/lost"),
+            worst!("duplicates (worst run)", "/duplicates"),
+            worst!("resets (worst run)", "/resets"),
+            worst!("redis reconnects (worst run)", "/redis_reconnects"),
         ],
         "proxy" => &[
             f!("direct p50 (ms)", "/direct/serial_p50_ms"),
@@ -86,13 +149,18 @@ pub fn value(run: &Value, pointer: &str) -> Option<f64> {
     run.pointer(pointer).and_then(Value::as_f64)
 }
 
-/// Medians per (scenario, variant, figure, target) and the sidecar/baseline ratio.
+/// Medians (or the worst run, see [`Figure::worst`]) per (scenario, variant, figure, target)
+/// and the sidecar/baseline ratio. Sidecar runs on `--broker redis` are a variant of their own
+/// (`... , redis`), without a ratio.
 pub fn summarize(runs: &[Value]) -> Vec<Value> {
     // (scenario, variant) -> target -> runs
     let mut by: BTreeMap<(String, String), BTreeMap<String, Vec<&Value>>> = BTreeMap::new();
     for r in runs {
         let scenario = r["scenario"].as_str().unwrap_or("").to_owned();
-        let variant = r["variant"].as_str().unwrap_or("").to_owned();
+        let mut variant = r["variant"].as_str().unwrap_or("").to_owned();
+        if r["broker"] == "redis" {
+            variant.push_str(", redis");
+        }
         let target = r["target"].as_str().unwrap_or("").to_owned();
         by.entry((scenario, variant))
             .or_default()
@@ -106,11 +174,20 @@ pub fn summarize(runs: &[Value]) -> Vec<Value> {
             let med = |t: &str| {
                 targets.get(t).and_then(|rs| {
                     let xs: Vec<f64> = rs.iter().filter_map(|r| value(r, fig.pointer)).collect();
-                    (!xs.is_empty()).then(|| (r3(median(xs.clone())), xs.len()))
+                    let n = xs.len();
+                    let v = if fig.worst {
+                        xs.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+                    } else {
+                        median(xs)
+                    };
+                    (n > 0).then(|| (r3(v), n))
                 })
             };
             let s = med("sidecar");
             let b = med("baseline");
+            if s.is_none() && b.is_none() {
+                continue;
+            }
             let ratio = match (s, b) {
                 (Some((s, _)), Some((b, _))) if b != 0.0 => Some(r3(s / b)),
                 _ => None,
@@ -163,7 +240,10 @@ pub fn svg(runs: &[Value]) -> String {
     let mut pts: Points = BTreeMap::new();
     let mut title = String::from("fan-out");
     for r in runs.iter().filter(|r| r["scenario"] == "fanout") {
-        let target = r["target"].as_str().unwrap_or("").to_owned();
+        let mut target = r["target"].as_str().unwrap_or("").to_owned();
+        if r["broker"] == "redis" {
+            target.push_str("-redis");
+        }
         title = format!("fan-out, {} conns / {} groups", r["conns"], r["groups"]);
         for s in r["steps"].as_array().into_iter().flatten() {
             let (Some(rate), Some(d), Some(p50), Some(p99)) = (
@@ -236,6 +316,8 @@ pub fn svg(runs: &[Value]) -> String {
         ("sidecar", 2, "#1f77b4", "6 3", "taskstream p99"),
         ("baseline", 1, "#ff7f0e", "", "baseline p50"),
         ("baseline", 2, "#ff7f0e", "6 3", "baseline p99"),
+        ("sidecar-redis", 1, "#2ca02c", "", "via Redis p50"),
+        ("sidecar-redis", 2, "#2ca02c", "6 3", "via Redis p99"),
     ];
     for (i, (target, which, color, dash, label)) in styles.iter().enumerate() {
         let Some(m) = pts.get(*target) else { continue };

@@ -6,6 +6,7 @@ pub mod fanout;
 pub mod idle;
 pub mod proxy;
 pub mod reconnect;
+pub mod resume;
 
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use crate::clients::{Fleet, Opened, Plan};
 use crate::procs::{Bins, Feed, Kind, Redis, Server};
 use crate::procstat::{self, Usage};
 use crate::publish::Sink;
+use crate::sidecar_metrics::{self, Counters};
 
 /// Which broker the sidecar uses (the baseline always takes events on its admin port).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -36,6 +38,20 @@ pub struct Ctx {
     pub concurrency: usize,
     /// Hard bound on any one run.
     pub deadline: Duration,
+    /// Shortest continuous publishing of a measured step on the Redis path (see
+    /// [`Ctx::measured`]).
+    pub min_secs: Duration,
+}
+
+impl Ctx {
+    /// How long a measured step publishes: `asked`, but on the Redis path at least `min_secs`,
+    /// so a loss count covers several of the sidecar's Redis keep-alive PINGs (every 5 s).
+    pub fn measured(&self, asked: Duration) -> Duration {
+        match self.broker {
+            Broker::Redis => asked.max(self.min_secs),
+            Broker::Memory => asked,
+        }
+    }
 }
 
 /// A server to measure, with the broker it needs and where to publish.
@@ -80,6 +96,14 @@ impl Target {
             .unwrap_or_default()
     }
 
+    /// The sidecar's counters now (`None` for the baseline).
+    pub async fn counters(&self) -> Option<Counters> {
+        match self.server.kind {
+            Kind::Sidecar => sidecar_metrics::read(self.server.admin).await,
+            Kind::Baseline => None,
+        }
+    }
+
     pub async fn fleet(&self, ctx: &Ctx, conns: usize, groups: usize) -> (Fleet, Opened) {
         Fleet::open(Plan {
             kind: self.server.kind,
@@ -89,6 +113,7 @@ impl Target {
             concurrency: ctx.concurrency,
             reconnect_jitter: None,
             deadline: ctx.deadline,
+            v1: false,
         })
         .await
     }
