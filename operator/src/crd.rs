@@ -317,6 +317,8 @@ pub struct SidecarSpec {
     pub log_level: Option<String>,
     /// Log format of the sidecar: `json` (default: one object a line, for log collectors) or
     /// `text`.
+    // Omitted rather than `null` when unset: the schema's enum admits only the two values.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<SidecarLogFormat>,
 }
 

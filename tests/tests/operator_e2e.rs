@@ -573,11 +573,11 @@ async fn refused_specs(client: &Client, ns: &str) -> Result<()> {
         json!({"parentRefs": [{"name": "public"}], "hostnames": ["Shop_Example"]});
     cases.push(("invalid route hostname", hostname, "should match"));
     let mut history = base.clone();
-    history["history"] = json!({"size": 100001});
+    history["history"] = json!({"size": 10001});
     cases.push((
         "history size out of range",
         history,
-        "should be less than or equal to 100000",
+        "should be less than or equal to 10000",
     ));
 
     let dry_run = PostParams {
