@@ -16,6 +16,7 @@ pub mod error;
 pub mod health;
 pub mod hub;
 pub mod metrics;
+pub mod origin;
 pub mod protocol;
 pub mod proxy;
 pub mod redis;
