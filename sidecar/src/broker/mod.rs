@@ -16,6 +16,7 @@
 //! - [`sentinel`]: asking the sentinels for the master, and the `+switch-master` watcher.
 //! - [`cluster`]: Redis Cluster subscriptions (classic and sharded) that follow resharding.
 //! - [`commands`]: a connection for ordinary commands that follows the deployment.
+//! - [`wire`]: groups to channels and payloads to frames (the history envelope included).
 
 pub mod cluster;
 pub mod commands;
@@ -25,6 +26,7 @@ pub mod id;
 pub mod options;
 pub mod sentinel;
 pub mod tls;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Instant;
