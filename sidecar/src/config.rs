@@ -336,51 +336,11 @@ impl Args {
                 }
             }
             AuthMode::Jwt => {
-                let key = match (
+                let key = jwt_key(
                     self.jwt_secret,
                     self.jwt_secret_file,
                     self.jwt_public_key_file,
-                ) {
-                    (Some(s), None, None) => JwtKey::Hmac(s.into_bytes()),
-                    (None, Some(path), None) => {
-                        let raw = std::fs::read(&path).map_err(|e| {
-                            ConfigError::new(
-                                "--jwt-secret-file",
-                                format!("{}: {e}", path.display()),
-                            )
-                        })?;
-                        JwtKey::Hmac(trim_trailing_newline(raw))
-                    }
-                    (None, None, Some(path)) => {
-                        let pem = std::fs::read(&path).map_err(|e| {
-                            ConfigError::new(
-                                "--jwt-public-key-file",
-                                format!("{}: {e}", path.display()),
-                            )
-                        })?;
-                        JwtKey::PublicPem(pem)
-                    }
-                    (None, None, None) => {
-                        return Err(ConfigError::new(
-                            "--jwt-secret",
-                            "--auth jwt needs one of --jwt-secret, --jwt-secret-file, --jwt-public-key-file",
-                        ));
-                    }
-                    _ => {
-                        return Err(ConfigError::new(
-                            "--jwt-secret",
-                            "give only one of --jwt-secret, --jwt-secret-file, --jwt-public-key-file",
-                        ));
-                    }
-                };
-                if let JwtKey::Hmac(secret) = &key
-                    && secret.len() < 16
-                {
-                    return Err(ConfigError::new(
-                        "--jwt-secret",
-                        "HS256 secret is shorter than 16 bytes; use a long random secret",
-                    ));
-                }
+                )?;
                 AuthConfig::Jwt {
                     key,
                     groups_claim: self.jwt_groups_claim,
@@ -481,13 +441,6 @@ impl Args {
     }
 }
 
-fn trim_trailing_newline(mut raw: Vec<u8>) -> Vec<u8> {
-    while raw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        raw.pop();
-    }
-    raw
-}
-
 /// Parses `500ms`, `20s`, `5m`, `1h` or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -508,6 +461,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         )),
     }
 }
+
+mod jwt;
+use jwt::jwt_key;
 
 #[cfg(test)]
 mod tests;
