@@ -177,6 +177,24 @@ impl RedisBroker {
         }
     }
 
+    /// Resolves when the subscriptions may need to change (a group gained its first or lost its
+    /// last local client).
+    pub(crate) async fn changed(&self, hub: &Hub) {
+        match &self.wake {
+            Some(wake) => wake.notified().await,
+            None => hub.changed().notified().await,
+        }
+    }
+
+    /// The groups this connection should be subscribed to: those with local clients that its
+    /// wire serves.
+    pub(crate) fn wanted(&self, hub: &Hub) -> BTreeSet<String> {
+        hub.wanted()
+            .into_iter()
+            .filter(|g| self.wire.serves(g))
+            .collect()
+    }
+
     /// Runs the subscription loop until `shutdown`.
     pub async fn run(
         self: Arc<Self>,
@@ -346,19 +364,11 @@ impl Session<'_> {
     }
 
     async fn changed(&self) {
-        match &self.broker.wake {
-            Some(wake) => wake.notified().await,
-            None => self.hub.changed().notified().await,
-        }
+        self.broker.changed(self.hub).await
     }
 
     fn wanted(&self) -> BTreeSet<String> {
-        let wire = &self.broker.wire;
-        self.hub
-            .wanted()
-            .into_iter()
-            .filter(|g| wire.serves(g))
-            .collect()
+        self.broker.wanted(self.hub)
     }
 
     fn deliver(&self, msg: &redis::Msg, metrics: &Metrics) {

@@ -276,19 +276,11 @@ impl ClusterSession<'_> {
     }
 
     async fn changed(&self) {
-        match &self.broker.wake {
-            Some(wake) => wake.notified().await,
-            None => self.hub.changed().notified().await,
-        }
+        self.broker.changed(self.hub).await
     }
 
     fn wanted(&self) -> BTreeSet<String> {
-        let wire = &self.broker.wire;
-        self.hub
-            .wanted()
-            .into_iter()
-            .filter(|g| wire.serves(g))
-            .collect()
+        self.broker.wanted(self.hub)
     }
 
     /// Brings the subscriptions in line with the groups that have local clients.
