@@ -25,6 +25,15 @@ use crate::broker::id::StreamId;
 use crate::metrics::{DropReason, Metrics};
 use crate::protocol;
 
+/// The broker's subscription link, as sessions see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// Counts the subscriptions re-made after a loss.
+    pub generation: u64,
+    /// False from the loss until the subscriptions are back.
+    pub up: bool,
+}
+
 /// One event as the hub fans it out, shared by every client of its group.
 #[derive(Debug)]
 pub struct Event {
@@ -59,9 +68,10 @@ pub struct Hub {
     groups: RwLock<HashMap<String, Group>>,
     changed: Notify,
     confirmed: watch::Sender<u64>,
-    /// Bumped each time the broker re-made a lost subscription: `taskstream.v1` sessions then
-    /// catch up on what pub/sub dropped meanwhile (from history), or get a reset.
-    resubscribed: watch::Sender<u64>,
+    /// The broker's subscription link: down while a lost subscription is being re-made, and a
+    /// new generation once it is; `taskstream.v1` sessions then catch up on what pub/sub
+    /// dropped meanwhile (from history), or get a reset.
+    link: watch::Sender<Link>,
     next_id: AtomicU64,
     queue: usize,
     /// `--max-event-bytes`: larger events are dropped, so a client's write buffer stays bounded.
@@ -188,7 +198,11 @@ impl Hub {
             groups: RwLock::new(HashMap::new()),
             changed: Notify::new(),
             confirmed: watch::channel(0).0,
-            resubscribed: watch::channel(0).0,
+            link: watch::channel(Link {
+                generation: 0,
+                up: true,
+            })
+            .0,
             next_id: AtomicU64::new(1),
             queue,
             auto_confirm,
@@ -314,14 +328,24 @@ impl Hub {
         self.confirmed.send_modify(|n| *n += 1);
     }
 
-    /// The broker re-made its subscriptions after losing them: events may have been missed.
-    pub fn resubscribed(&self) {
-        self.resubscribed.send_modify(|n| *n += 1);
+    /// The broker lost its subscription connection: pub/sub drops what is published until
+    /// [`Hub::resubscribed`].
+    pub fn link_lost(&self) {
+        self.link
+            .send_if_modified(|l| std::mem::replace(&mut l.up, false));
     }
 
-    /// Watches [`Hub::resubscribed`].
-    pub fn resubscriptions(&self) -> watch::Receiver<u64> {
-        self.resubscribed.subscribe()
+    /// The broker re-made its subscriptions after losing them: events may have been missed.
+    pub fn resubscribed(&self) {
+        self.link.send_modify(|l| {
+            l.generation += 1;
+            l.up = true;
+        });
+    }
+
+    /// Watches the broker's subscription link ([`Hub::link_lost`], [`Hub::resubscribed`]).
+    pub fn link(&self) -> watch::Receiver<Link> {
+        self.link.subscribe()
     }
 
     /// Marks every subscription as not live (the broker connection dropped).
@@ -442,6 +466,39 @@ mod tests {
         assert!(m.queue.is_empty());
         let cap = m.queue.events.lock().unwrap().capacity();
         assert!(cap <= KEEP_SLOTS, "capacity {cap} kept after draining");
+    }
+
+    #[tokio::test]
+    async fn the_link_goes_down_on_loss_and_up_with_a_new_generation() {
+        let hub = hub(4);
+        let mut rx = hub.link();
+        assert_eq!(
+            *rx.borrow(),
+            Link {
+                generation: 0,
+                up: true
+            }
+        );
+        hub.link_lost();
+        rx.changed().await.unwrap();
+        assert_eq!(
+            *rx.borrow(),
+            Link {
+                generation: 0,
+                up: false
+            }
+        );
+        hub.link_lost(); // already down: no second notification
+        assert!(!rx.has_changed().unwrap());
+        hub.resubscribed();
+        rx.changed().await.unwrap();
+        assert_eq!(
+            *rx.borrow(),
+            Link {
+                generation: 1,
+                up: true
+            }
+        );
     }
 
     #[tokio::test]

@@ -264,6 +264,7 @@ impl RedisBroker {
             connected_once = true;
             health.set_broker_up(false);
             metrics.broker_up.set(0);
+            hub.link_lost();
             // Only this connection's groups: with sharding, other connections keep theirs.
             hub.set_confirmed(session.subscribed.iter().map(String::as_str), false);
             match ended {

@@ -9,7 +9,9 @@
 //! ```
 //!
 //! The subscription is always live before history is read, so an event is either in what the
-//! read returns or arrives live afterwards; the floor drops the live copies of the former.
+//! read returns or arrives live afterwards; the floor drops the live copies of the former. After
+//! a lost subscription, sessions (with history) hold their live events from the loss until the
+//! catch-up, so nothing published after the new subscription overtakes what it recovers.
 
 use futures_util::{Sink, SinkExt};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};

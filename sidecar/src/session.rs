@@ -99,8 +99,18 @@ pub async fn run(
             return;
         }
     }
-    // v1 clients are caught up (or reset) when the broker re-made a lost subscription.
-    let mut resubscribed = v1.then(|| shared.hub.resubscriptions());
+    // v1 clients are caught up (or reset) when the broker re-made a lost subscription. With
+    // history they also hold live events from the loss until then, so that no event published
+    // after the new subscription reaches them before the ones the catch-up recovers.
+    let mut link = v1.then(|| shared.hub.link());
+    let hold_on_loss = v1 && shared.broker.history().is_some();
+    let (mut generation, mut held) = match &link {
+        Some(rx) => {
+            let l = *rx.borrow();
+            (l.generation, hold_on_loss && !l.up)
+        }
+        None => (0, false),
+    };
     let frame = |ev: &Event, positions: &mut Positions| -> Option<Utf8Bytes> {
         if !v1 {
             return Some(ev.payload.clone());
@@ -161,7 +171,23 @@ pub async fn run(
                     break CloseReason::Protocol;
                 }
             },
-            event = queue.pop() => {
+            _ = changed(&mut link) => {
+                let now = link.as_ref().map(|rx| *rx.borrow());
+                if let Some(now) = now {
+                    held = hold_on_loss && !now.up;
+                    if now.up && now.generation != generation {
+                        generation = now.generation;
+                        let caught_up = tokio::select! {
+                            r = tokio::time::timeout(interval, Box::pin(catchup::catch_up(&mut sink, &shared.broker, metrics, membership.groups(), &mut positions))) => r,
+                            _ = &mut shutdown => Ok(Err(WsError::ConnectionClosed)),
+                        };
+                        if let Some(reason) = caught_up_or_close(&mut sink, caught_up, peer).await {
+                            break reason;
+                        }
+                    }
+                }
+            }
+            event = queue.pop(), if !held => {
                 let Some(first) = event else {
                     close(&mut sink, CloseCode::Again, "too slow: events were dropped, reconnect").await;
                     break CloseReason::SlowClient;
@@ -209,15 +235,6 @@ pub async fn run(
                     }
                 }
             }
-            _ = changed(&mut resubscribed) => {
-                let caught_up = tokio::select! {
-                    r = tokio::time::timeout(interval, Box::pin(catchup::catch_up(&mut sink, &shared.broker, metrics, membership.groups(), &mut positions))) => r,
-                    _ = &mut shutdown => Ok(Err(WsError::ConnectionClosed)),
-                };
-                if let Some(reason) = caught_up_or_close(&mut sink, caught_up, peer).await {
-                    break reason;
-                }
-            }
             _ = ping.tick() => {
                 if last_seen.elapsed() > interval * 2 {
                     info!(%peer, silent_for = ?last_seen.elapsed(), "dropping a client silent for two ping intervals");
@@ -235,8 +252,8 @@ pub async fn run(
     debug!(%peer, ?reason, "client disconnected");
 }
 
-/// Resolves when the broker re-made its subscriptions (never for `None`).
-async fn changed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+/// Resolves when the broker's subscription link changed (never for `None`).
+async fn changed(rx: &mut Option<tokio::sync::watch::Receiver<crate::hub::Link>>) {
     if let Some(rx) = rx
         && rx.changed().await.is_ok()
     {

@@ -159,6 +159,7 @@ pub async fn run(
         connected_once = true;
         health.set_broker_up(false);
         metrics.broker_up.set(0);
+        hub.link_lost();
         hub.set_confirmed(session.subscribed.iter().map(String::as_str), false);
         match ended {
             None => return,
@@ -253,11 +254,12 @@ impl ClusterSession<'_> {
                     }
                 }
                 _ = self.dropped.wake.notified() => {
-                    if let Err(e) = self.renew().await {
-                        return Some(e);
+                    match self.renew().await {
+                        Err(e) => return Some(e),
+                        // Events published during the move were dropped by pub/sub: catch up.
+                        Ok(true) => self.hub.resubscribed(),
+                        Ok(false) => {}
                     }
-                    // Events published during the move were dropped by pub/sub: catch up.
-                    self.hub.resubscribed();
                 }
                 _ = ping.tick() => {
                     // PING goes to every primary: a node that vanished is found here and
@@ -312,7 +314,8 @@ impl ClusterSession<'_> {
     }
 
     /// Subscribes again (sharded) the groups whose subscription the server dropped.
-    async fn renew(&mut self) -> Result<(), String> {
+    /// Returns whether anything was subscribed again (events may have been missed meanwhile).
+    async fn renew(&mut self) -> Result<bool, String> {
         let channels = std::mem::take(
             &mut *self
                 .dropped
@@ -328,13 +331,17 @@ impl ClusterSession<'_> {
             .map(str::to_owned)
             .collect();
         if groups.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         info!(
             groups = groups.len(),
             "redis cluster: sharded subscriptions dropped by the server (slot moved); subscribing at the new owner"
         );
-        self.each(&groups, Op::Renew).await
+        // Sessions that catch up from history hold their live events until the new owner's
+        // subscription is in place, so nothing published after it can overtake the gap.
+        self.hub.link_lost();
+        self.each(&groups, Op::Renew).await?;
+        Ok(true)
     }
 
     /// Runs `op` for every group, [`IN_FLIGHT`] at a time (one channel per command: sharded
