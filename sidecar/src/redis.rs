@@ -195,6 +195,25 @@ impl RedisBroker {
             .collect()
     }
 
+    /// The subscriptions are in place: the broker is up, and after a loss sessions may catch up.
+    /// Only now, so whatever a session reads from history is followed by live events without a
+    /// gap.
+    pub(crate) fn went_live(
+        &self,
+        hub: &Hub,
+        health: &Health,
+        metrics: &Metrics,
+        groups: usize,
+        reconnected: bool,
+    ) {
+        info!(redis = %self.display, groups, "redis subscribed");
+        health.set_broker_up(true);
+        metrics.broker_up.set(1);
+        if reconnected {
+            hub.resubscribed();
+        }
+    }
+
     /// Runs the subscription loop until `shutdown`.
     pub async fn run(
         self: Arc<Self>,
@@ -324,14 +343,13 @@ impl Session<'_> {
         if let Err(e) = self.reconcile().await {
             return Ended::Lost(e);
         }
-        info!(redis = %self.broker.display, groups = self.subscribed.len(), "redis subscribed");
-        health.set_broker_up(true);
-        metrics.broker_up.set(1);
-        if self.reconnected {
-            // Subscribed again first, so whatever a session reads from history now is followed
-            // by live events without a gap.
-            self.hub.resubscribed();
-        }
+        self.broker.went_live(
+            self.hub,
+            health,
+            metrics,
+            self.subscribed.len(),
+            self.reconnected,
+        );
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.reset();

@@ -234,14 +234,13 @@ impl ClusterSession<'_> {
         if let Err(e) = self.reconcile().await {
             return Some(e);
         }
-        info!(redis = %self.broker.display, groups = self.subscribed.len(), "redis cluster subscribed");
-        health.set_broker_up(true);
-        metrics.broker_up.set(1);
-        if self.reconnected {
-            // As in the single-server loop: history reads from now on are followed by live
-            // events without a gap.
-            self.hub.resubscribed();
-        }
+        self.broker.went_live(
+            self.hub,
+            health,
+            metrics,
+            self.subscribed.len(),
+            self.reconnected,
+        );
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.reset();
