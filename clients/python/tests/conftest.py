@@ -19,10 +19,26 @@ WAIT = 10.0  # every wait in these tests is bounded by this (seconds)
 T = TypeVar("T")
 
 
+# Ports are handed out below the kernel's ephemeral range (32768-60999 by default), so no outgoing
+# connection gets one as its local port: a server stopped and started again on the same port (a
+# Redis restart while a client retries) cannot find it taken meanwhile, e.g. by a reconnect the
+# kernel connected to itself. Distinct within this process, spread by pid.
+_PORTS = range(15000, 22768)
+_next_port = (os.getpid() * 7919) % len(_PORTS)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    global _next_port
+    for _ in range(len(_PORTS)):
+        port = _PORTS[_next_port % len(_PORTS)]
+        _next_port += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in {_PORTS}")
 
 
 def eventually(what: str, f: Callable[[], Optional[T]]) -> T:

@@ -9,15 +9,28 @@ export const REPO = fileURLToPath(new URL("../../../../", import.meta.url));
 export const PUBLISH_SCRIPT = readFileSync(`${REPO}/sidecar/src/broker/publish.lua`, "utf8");
 export const WAIT = 10_000;
 
-export function freePort() {
-  return new Promise((resolve, reject) => {
+// Ports are handed out below the kernel's ephemeral range (32768-60999 by default), so no
+// outgoing connection gets one as its local port: a server stopped and started again on the same
+// port (a sidecar restart while the client retries) cannot find it taken meanwhile, e.g. by a
+// reconnect the kernel connected to itself. Distinct within this process, spread by pid.
+const PORTS = { start: 15000, end: 22768 };
+let nextPort = (process.pid * 7919) % (PORTS.end - PORTS.start);
+
+function bindable(port) {
+  return new Promise((resolve) => {
     const s = createServer();
-    s.on("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
+    s.on("error", () => resolve(false));
+    s.listen(port, "127.0.0.1", () => s.close(() => resolve(true)));
   });
+}
+
+export async function freePort() {
+  const span = PORTS.end - PORTS.start;
+  for (let i = 0; i < span; i++) {
+    const port = PORTS.start + (nextPort++ % span);
+    if (await bindable(port)) return port;
+  }
+  throw new Error(`no free loopback port in ${PORTS.start}..${PORTS.end}`);
 }
 
 /** Polls `f` (every 20 ms, bounded) until it returns something other than undefined/false:
