@@ -43,6 +43,10 @@ struct Args {
     /// more than three of the sidecar's 5 s Redis keep-alive PINGs.
     #[arg(long, default_value_t = 16.0)]
     min_secs: f64,
+    /// On the Redis path, a redis-server without `HELLO` (as Redis 5), so the sidecar subscribes
+    /// over RESP2 (redis-rs's queued `PubSub`) instead of RESP3 pushes: to compare the two.
+    #[arg(long)]
+    redis_resp2: bool,
     /// Also append every JSON line to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -350,6 +354,7 @@ async fn main() -> Result<()> {
         concurrency: args.concurrency,
         deadline: Duration::from_secs(args.deadline_secs),
         min_secs: Duration::from_secs_f64(args.min_secs),
+        redis_resp2: args.redis_resp2,
     };
     let scenario_cmd = args.scenario.clone();
     let mut run = Run {

@@ -235,7 +235,7 @@ impl App {
     }
 }
 
-/// Our own redis-server on a free loopback port, killed on drop.
+/// Our own redis-server on a free loopback port, killed on drop; with `resp2`, without `HELLO`.
 pub struct Redis {
     pub url: String,
     pub pid: u32,
@@ -243,11 +243,16 @@ pub struct Redis {
 }
 
 impl Redis {
-    pub async fn start() -> Result<Self> {
+    pub async fn start(resp2: bool) -> Result<Self> {
         let port = free_port()?;
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(if resp2 {
+                &["--rename-command", "HELLO", ""][..]
+            } else {
+                &[][..]
+            })
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()

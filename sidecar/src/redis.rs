@@ -10,6 +10,13 @@
 //!   +-- after a reconnect: hub.resubscribed() (taskstream.v1 sessions catch up from history)
 //! ```
 //!
+//! The connection speaks RESP3 (Redis 6 and later): redis-rs hands each message to [`pusher`]
+//! as it reads it, so nothing queues between the socket and the hub. A sidecar that falls behind
+//! leaves the bytes in its socket, and Redis's `client-output-buffer-limit pubsub` bounds them
+//! (past it Redis drops the connection; sessions with history catch up). A server without
+//! `HELLO` (Redis 5, some proxies) gets redis-rs's RESP2 `PubSub`, whose reader queues messages
+//! in an unbounded channel: the sidecar warns once.
+//!
 //! Publishing (`POST /publish/<group>`) and history (the publish and read scripts) use a
 //! separate command connection ([`crate::broker::commands`]), because a connection in subscribe
 //! mode cannot run them.
@@ -19,10 +26,12 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::aio::PubSubSink;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -53,6 +62,8 @@ pub struct RedisBroker {
     pub(crate) display: String,
     publisher: CommandConn,
     scripts: Scripts,
+    /// The server refused RESP3 once (no `HELLO`): subscribe over RESP2 from then on.
+    resp2_only: AtomicBool,
 }
 
 /// The history scripts, sent once per connection and then run by their SHA.
@@ -78,6 +89,7 @@ impl RedisBroker {
                 publish: redis::Script::new(history::PUBLISH_SCRIPT),
                 read: redis::Script::new(history::READ_SCRIPT),
             },
+            resp2_only: AtomicBool::new(false),
         }
     }
 
@@ -234,9 +246,9 @@ impl RedisBroker {
         loop {
             let attempt = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = tokio::time::timeout(COMMAND_TIMEOUT, self.connect()) => r,
+                r = tokio::time::timeout(COMMAND_TIMEOUT, self.connect(&hub, &metrics)) => r,
             };
-            let pubsub = match attempt {
+            let (subscriber, incoming) = match attempt {
                 Ok(Ok((p, at))) => {
                     if !moves.seen(at.as_ref()) {
                         info!(redis = %self.display, "the master moved while connecting; reconnecting");
@@ -269,16 +281,15 @@ impl RedisBroker {
             if connected_once {
                 metrics.redis_reconnects.inc();
             }
-            let (sink, stream) = pubsub.split();
             let mut session = Session {
                 broker: &self,
                 hub: &hub,
-                sink,
+                subscriber,
                 subscribed: BTreeSet::new(),
                 reconnected: connected_once,
             };
             let ended = session
-                .serve(stream, &health, &metrics, &shutdown, &mut moves)
+                .serve(incoming, &health, &metrics, &shutdown, &mut moves)
                 .await;
             connected_once = true;
             health.set_broker_up(false);
@@ -301,11 +312,148 @@ impl RedisBroker {
 }
 
 impl RedisBroker {
-    /// A pub/sub connection to the server to subscribe on now, and where it goes.
-    async fn connect(&self) -> redis::RedisResult<(redis::aio::PubSub, Option<Addr>)> {
+    /// A subscription connection to the server to subscribe on now, and where it goes: RESP3
+    /// with pushes straight to the hub, or RESP2 when the server has no `HELLO`.
+    async fn connect(
+        &self,
+        hub: &Arc<Hub>,
+        metrics: &Metrics,
+    ) -> redis::RedisResult<((Subscriber, Incoming), Option<Addr>)> {
         let client = self.endpoint.client().await?;
         let at = addr_of(&client);
-        Ok((client.get_async_pubsub().await?, at))
+        if !self.resp2_only.load(Ordering::Relaxed) {
+            // The URL's own settings (TLS, credentials, db), with RESP3 for the pushes.
+            let info = client.get_connection_info().clone();
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3);
+            let resp3 = redis::Client::open(info.set_redis_settings(settings))?;
+            let closed = Arc::new(Notify::new());
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(COMMAND_TIMEOUT))
+                .set_response_timeout(Some(COMMAND_TIMEOUT))
+                .set_push_sender(pusher(
+                    self.wire.clone(),
+                    hub.clone(),
+                    metrics.clone(),
+                    closed.clone(),
+                ));
+            match resp3
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+            {
+                Ok(conn) => return Ok(((Subscriber::Push(conn), Incoming::Push(closed)), at)),
+                Err(e) if resp3_refused(&e) => {
+                    warn!(redis = %self.display, error = %e, "this Redis server does not speak RESP3 (no HELLO: Redis 5 or older, or a proxy); subscribing over RESP2, where events the sidecar has not handled yet queue in its memory without a bound. Upgrade to Redis 6 or later");
+                    self.resp2_only.store(true, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let (sink, stream) = client.get_async_pubsub().await?.split();
+        Ok(((Subscriber::Queue(sink), Incoming::Queue(stream)), at))
+    }
+}
+
+/// Whether connecting failed because the server has no RESP3 (`HELLO` unknown).
+fn resp3_refused(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::RESP3NotSupported
+        || e.detail().is_some_and(|d| {
+            let d = d.to_ascii_lowercase();
+            d.contains("unknown command") && d.contains("hello")
+        })
+}
+
+/// The RESP3 push handler: runs in redis-rs's reader, so each message reaches the hub before
+/// the next is read (no queue in between); a closed connection wakes the loop.
+fn pusher(
+    wire: Arc<dyn Wire>,
+    hub: Arc<Hub>,
+    metrics: Metrics,
+    closed: Arc<Notify>,
+) -> impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static {
+    move |info: PushInfo| {
+        match (info.kind, info.data.as_slice()) {
+            (PushKind::Message, [Value::BulkString(channel), Value::BulkString(payload)]) => {
+                deliver(
+                    &*wire,
+                    &hub,
+                    &metrics,
+                    &String::from_utf8_lossy(channel),
+                    payload,
+                );
+            }
+            // A permit is stored when the loop is not waiting yet.
+            (PushKind::Disconnection, _) => closed.notify_one(),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// One message of `channel` to the hub, when it is a group's and decodes.
+fn deliver(wire: &dyn Wire, hub: &Hub, metrics: &Metrics, channel: &str, payload: &[u8]) {
+    let Some(group) = wire.group(channel) else {
+        return;
+    };
+    if let Some((id, frame)) = wire.event(group, payload, metrics) {
+        hub.publish_event(group, id, frame);
+    }
+}
+
+/// Where subscribe, unsubscribe and PING go.
+enum Subscriber {
+    /// RESP3: one multiplexed connection; messages arrive through [`pusher`].
+    Push(MultiplexedConnection),
+    /// RESP2: redis-rs's `PubSub`.
+    Queue(PubSubSink),
+}
+
+impl Subscriber {
+    async fn subscribe(&mut self, channels: Vec<String>) -> redis::RedisResult<()> {
+        match self {
+            Self::Push(c) => c.subscribe(channels).await,
+            Self::Queue(s) => s.subscribe(channels).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, channels: Vec<String>) -> redis::RedisResult<()> {
+        match self {
+            Self::Push(c) => c.unsubscribe(channels).await,
+            Self::Queue(s) => s.unsubscribe(channels).await,
+        }
+    }
+
+    /// In subscribe mode a RESP2 server answers PING with the array `["pong", ""]` and a RESP3
+    /// server with `PONG`: any reply proves the peer alive, so it is read as a plain Value,
+    /// never as a string.
+    async fn ping(&mut self) -> redis::RedisResult<Value> {
+        match self {
+            Self::Push(c) => redis::cmd("PING").query_async(c).await,
+            Self::Queue(s) => s.ping().await,
+        }
+    }
+}
+
+/// What the connection hands to the loop.
+enum Incoming {
+    /// RESP3: only the news that the connection closed (messages went to the hub already).
+    Push(Arc<Notify>),
+    /// RESP2: the queued messages.
+    Queue(PubSubStream),
+}
+
+impl Incoming {
+    /// The next message to deliver; `None` once the connection closed.
+    async fn next(&mut self) -> Option<redis::Msg> {
+        match self {
+            Self::Push(closed) => {
+                closed.notified().await;
+                None
+            }
+            Self::Queue(stream) => stream.next().await,
+        }
     }
 }
 
@@ -325,7 +473,7 @@ enum Ended {
 struct Session<'a> {
     broker: &'a RedisBroker,
     hub: &'a Hub,
-    sink: PubSubSink,
+    subscriber: Subscriber,
     subscribed: BTreeSet<String>,
     /// A lost connection was re-made: pub/sub dropped whatever was published meanwhile.
     reconnected: bool,
@@ -334,7 +482,7 @@ struct Session<'a> {
 impl Session<'_> {
     async fn serve(
         &mut self,
-        mut stream: redis::aio::PubSubStream,
+        mut incoming: Incoming,
         health: &Health,
         metrics: &Metrics,
         shutdown: &CancellationToken,
@@ -362,17 +510,15 @@ impl Session<'_> {
                         return Ended::Lost(e);
                     }
                 }
-                msg = stream.next() => {
+                msg = incoming.next() => {
                     let Some(msg) = msg else {
                         return Ended::Lost("connection closed".into());
                     };
-                    self.deliver(&msg, metrics);
+                    let wire = &*self.broker.wire;
+                    deliver(wire, self.hub, metrics, msg.get_channel_name(), msg.get_payload_bytes());
                 }
                 _ = ping.tick() => {
-                    // In subscribe mode a RESP2 server answers PING with the array
-                    // `["pong", ""]` and a RESP3 server with `PONG`: any reply proves the peer
-                    // alive, so it is read as a plain Value, never as a string.
-                    match tokio::time::timeout(COMMAND_TIMEOUT, self.sink.ping::<redis::Value>()).await {
+                    match tokio::time::timeout(COMMAND_TIMEOUT, self.subscriber.ping()).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => return Ended::Lost(format!("ping: {e}")),
                         Err(_) => return Ended::Lost("ping: no answer within 5s".into()),
@@ -390,20 +536,6 @@ impl Session<'_> {
         self.broker.wanted(self.hub)
     }
 
-    fn deliver(&self, msg: &redis::Msg, metrics: &Metrics) {
-        let channel = msg.get_channel_name();
-        let Some(group) = self.broker.wire.group(channel) else {
-            return;
-        };
-        if let Some((id, frame)) = self
-            .broker
-            .wire
-            .event(group, msg.get_payload_bytes(), metrics)
-        {
-            self.hub.publish_event(group, id, frame);
-        }
-    }
-
     /// Brings Redis subscriptions in line with the groups that have local clients.
     async fn reconcile(&mut self) -> Result<(), String> {
         // Loop: the wanted set may change again while we talk to Redis.
@@ -413,15 +545,21 @@ impl Session<'_> {
             let remove: Vec<String> = self.subscribed.difference(&wanted).cloned().collect();
             if !add.is_empty() {
                 let channels: Vec<String> = add.iter().map(|g| self.channel(g)).collect();
-                timed(tokio::time::timeout(COMMAND_TIMEOUT, self.sink.subscribe(channels)).await)
-                    .map_err(|e| format!("subscribe {} groups: {e}", add.len()))?;
+                timed(
+                    tokio::time::timeout(COMMAND_TIMEOUT, self.subscriber.subscribe(channels))
+                        .await,
+                )
+                .map_err(|e| format!("subscribe {} groups: {e}", add.len()))?;
                 debug!(groups = ?add, "subscribed");
                 self.subscribed.extend(add);
             }
             if !remove.is_empty() {
                 let channels: Vec<String> = remove.iter().map(|g| self.channel(g)).collect();
-                timed(tokio::time::timeout(COMMAND_TIMEOUT, self.sink.unsubscribe(channels)).await)
-                    .map_err(|e| format!("unsubscribe {} groups: {e}", remove.len()))?;
+                timed(
+                    tokio::time::timeout(COMMAND_TIMEOUT, self.subscriber.unsubscribe(channels))
+                        .await,
+                )
+                .map_err(|e| format!("unsubscribe {} groups: {e}", remove.len()))?;
                 debug!(groups = ?remove, "unsubscribed");
                 for g in &remove {
                     self.subscribed.remove(g);

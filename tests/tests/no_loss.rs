@@ -50,9 +50,41 @@ fn assert_exact_sequence(who: &str, got: &[u64], sent: u64) {
     }
 }
 
+/// The `resp=` of the sidecar's subscription connection, from the server's `CLIENT LIST`.
+async fn subscriber_resp(redis: &RedisServer) -> String {
+    let mut conn = redis.conn().await.expect("admin connection");
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .expect("CLIENT LIST");
+    let line = list
+        .lines()
+        .find(|l| l.split(' ').any(|f| f.starts_with("sub=") && f != "sub=0"))
+        .unwrap_or_else(|| panic!("no subscribed client in {list}"));
+    line.split(' ')
+        .find_map(|f| f.strip_prefix("resp="))
+        .unwrap_or_else(|| panic!("no resp= in {line}"))
+        .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_pubsub_loses_nothing_and_never_reconnects() {
+    // RESP3 (Redis 6+): messages go from redis-rs's reader straight to the hub.
     let redis = RedisServer::start().await;
+    plain_pubsub_for_a_while(&redis, "3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_pubsub_over_resp2_loses_nothing_and_never_reconnects() {
+    // A server without HELLO (as Redis 5): the sidecar subscribes over RESP2, where the
+    // keep-alive PING is answered `["pong", ""]`.
+    let redis =
+        RedisServer::start_with(vec!["--rename-command".into(), "HELLO".into(), "".into()]).await;
+    plain_pubsub_for_a_while(&redis, "2").await;
+}
+
+async fn plain_pubsub_for_a_while(redis: &RedisServer, resp: &str) {
     let sc = Sidecar::start(&["--auth", "none", "--redis-url", &redis.url()]).await;
     const GROUPS: usize = 5;
     const PER_GROUP: usize = 8;
@@ -71,6 +103,11 @@ async fn plain_pubsub_loses_nothing_and_never_reconnects() {
         }
     }
 
+    assert_eq!(
+        subscriber_resp(redis).await,
+        resp,
+        "the subscription's protocol"
+    );
     // One publisher, never pausing: a round over every group each 4 ms (1,250 events/s, 10,000
     // deliveries/s) for the whole period.
     let mut conn = redis.conn().await.expect("publisher connection");
@@ -97,7 +134,7 @@ async fn plain_pubsub_loses_nothing_and_never_reconnects() {
         assert_exact_sequence(&format!("client {c} of g{g}"), &seqs, sent);
     }
     eprintln!(
-        "plain pubsub: {sent} events x {} clients over {PUBLISH_FOR:?}, none lost",
+        "plain pubsub (RESP{resp}): {sent} events x {} clients over {PUBLISH_FOR:?}, none lost",
         GROUPS * PER_GROUP
     );
     assert_eq!(

@@ -41,6 +41,8 @@ pub struct Ctx {
     /// Shortest continuous publishing of a measured step on the Redis path (see
     /// [`Ctx::measured`]).
     pub min_secs: Duration,
+    /// Start redis-server without `HELLO` (the sidecar subscribes over RESP2).
+    pub redis_resp2: bool,
 }
 
 impl Ctx {
@@ -64,7 +66,7 @@ pub struct Target {
 impl Target {
     pub async fn start(ctx: &Ctx, kind: Kind) -> Result<Self> {
         let redis = match (kind, ctx.broker) {
-            (Kind::Sidecar, Broker::Redis) => Some(Redis::start().await?),
+            (Kind::Sidecar, Broker::Redis) => Some(Redis::start(ctx.redis_resp2).await?),
             _ => None,
         };
         let feed = match &redis {

@@ -43,7 +43,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Value> {
     if ctx.broker != Broker::Redis {
         bail!("reconnect --resume needs --broker redis (history lives in Redis streams)");
     }
-    let redis = Redis::start().await?;
+    let redis = Redis::start(ctx.redis_resp2).await?;
     let extra = vec!["--history-size".to_owned(), args.history_size.to_string()];
     let mut server = Server::start_with(
         Kind::Sidecar,
