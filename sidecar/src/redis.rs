@@ -10,12 +10,8 @@
 //!   +-- after a reconnect: hub.resubscribed() (taskstream.v1 sessions catch up from history)
 //! ```
 //!
-//! The connection speaks RESP3 (Redis 6 and later): redis-rs hands each message to [`pusher`]
-//! as it reads it, so nothing queues between the socket and the hub. A sidecar that falls behind
-//! leaves the bytes in its socket, and Redis's `client-output-buffer-limit pubsub` bounds them
-//! (past it Redis drops the connection; sessions with history catch up). A server without
-//! `HELLO` (Redis 5, some proxies) gets redis-rs's RESP2 `PubSub`, whose reader queues messages
-//! in an unbounded channel: the sidecar warns once.
+//! The connection speaks RESP3, each message handed to the hub from redis-rs's reader with no
+//! queue in between; RESP2 only for a server without `HELLO` ([`crate::broker::subscriber`]).
 //!
 //! Publishing (`POST /publish/<group>`) and history (the publish and read scripts) use a
 //! separate command connection ([`crate::broker::commands`]), because a connection in subscribe
@@ -26,12 +22,9 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
-use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -42,6 +35,7 @@ use crate::broker::endpoint::{Endpoint, Moves, addr_of};
 use crate::broker::history::{self, HistoryConfig, Snapshot};
 use crate::broker::id::StreamId;
 use crate::broker::sentinel::Addr;
+use crate::broker::subscriber::{self, Incoming, OnMessage, Subscriber};
 use crate::broker::tls;
 pub use crate::broker::wire::{Plain, Wire};
 use crate::health::Health;
@@ -312,8 +306,7 @@ impl RedisBroker {
 }
 
 impl RedisBroker {
-    /// A subscription connection to the server to subscribe on now, and where it goes: RESP3
-    /// with pushes straight to the hub, or RESP2 when the server has no `HELLO`.
+    /// A subscription connection to the server to subscribe on now, and where it goes.
     async fn connect(
         &self,
         hub: &Arc<Hub>,
@@ -321,74 +314,19 @@ impl RedisBroker {
     ) -> redis::RedisResult<((Subscriber, Incoming), Option<Addr>)> {
         let client = self.endpoint.client().await?;
         let at = addr_of(&client);
-        if !self.resp2_only.load(Ordering::Relaxed) {
-            // The URL's own settings (TLS, credentials, db), with RESP3 for the pushes.
-            let info = client.get_connection_info().clone();
-            let settings = info
-                .redis_settings()
-                .clone()
-                .set_protocol(ProtocolVersion::RESP3);
-            let resp3 = redis::Client::open(info.set_redis_settings(settings))?;
-            let closed = Arc::new(Notify::new());
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(COMMAND_TIMEOUT))
-                .set_response_timeout(Some(COMMAND_TIMEOUT))
-                .set_push_sender(pusher(
-                    self.wire.clone(),
-                    hub.clone(),
-                    metrics.clone(),
-                    closed.clone(),
-                ));
-            match resp3
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-            {
-                Ok(conn) => return Ok(((Subscriber::Push(conn), Incoming::Push(closed)), at)),
-                Err(e) if resp3_refused(&e) => {
-                    warn!(redis = %self.display, error = %e, "this Redis server does not speak RESP3 (no HELLO: Redis 5 or older, or a proxy); subscribing over RESP2, where events the sidecar has not handled yet queue in its memory without a bound. Upgrade to Redis 6 or later");
-                    self.resp2_only.store(true, Ordering::Relaxed);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let (sink, stream) = client.get_async_pubsub().await?.split();
-        Ok(((Subscriber::Queue(sink), Incoming::Queue(stream)), at))
+        let conn = subscriber::connect(
+            &client,
+            &self.resp2_only,
+            &self.display,
+            self.on_message(hub, metrics),
+        )
+        .await?;
+        Ok((conn, at))
     }
-}
 
-/// Whether connecting failed because the server has no RESP3 (`HELLO` unknown).
-fn resp3_refused(e: &redis::RedisError) -> bool {
-    e.kind() == redis::ErrorKind::RESP3NotSupported
-        || e.detail().is_some_and(|d| {
-            let d = d.to_ascii_lowercase();
-            d.contains("unknown command") && d.contains("hello")
-        })
-}
-
-/// The RESP3 push handler: runs in redis-rs's reader, so each message reaches the hub before
-/// the next is read (no queue in between); a closed connection wakes the loop.
-fn pusher(
-    wire: Arc<dyn Wire>,
-    hub: Arc<Hub>,
-    metrics: Metrics,
-    closed: Arc<Notify>,
-) -> impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static {
-    move |info: PushInfo| {
-        match (info.kind, info.data.as_slice()) {
-            (PushKind::Message, [Value::BulkString(channel), Value::BulkString(payload)]) => {
-                deliver(
-                    &*wire,
-                    &hub,
-                    &metrics,
-                    &String::from_utf8_lossy(channel),
-                    payload,
-                );
-            }
-            // A permit is stored when the loop is not waiting yet.
-            (PushKind::Disconnection, _) => closed.notify_one(),
-            _ => {}
-        }
-        Ok(())
+    fn on_message(&self, hub: &Arc<Hub>, metrics: &Metrics) -> OnMessage {
+        let (wire, hub, metrics) = (self.wire.clone(), hub.clone(), metrics.clone());
+        Arc::new(move |channel, payload| deliver(&*wire, &hub, &metrics, channel, payload))
     }
 }
 
@@ -399,61 +337,6 @@ fn deliver(wire: &dyn Wire, hub: &Hub, metrics: &Metrics, channel: &str, payload
     };
     if let Some((id, frame)) = wire.event(group, payload, metrics) {
         hub.publish_event(group, id, frame);
-    }
-}
-
-/// Where subscribe, unsubscribe and PING go.
-enum Subscriber {
-    /// RESP3: one multiplexed connection; messages arrive through [`pusher`].
-    Push(MultiplexedConnection),
-    /// RESP2: redis-rs's `PubSub`.
-    Queue(PubSubSink),
-}
-
-impl Subscriber {
-    async fn subscribe(&mut self, channels: Vec<String>) -> redis::RedisResult<()> {
-        match self {
-            Self::Push(c) => c.subscribe(channels).await,
-            Self::Queue(s) => s.subscribe(channels).await,
-        }
-    }
-
-    async fn unsubscribe(&mut self, channels: Vec<String>) -> redis::RedisResult<()> {
-        match self {
-            Self::Push(c) => c.unsubscribe(channels).await,
-            Self::Queue(s) => s.unsubscribe(channels).await,
-        }
-    }
-
-    /// In subscribe mode a RESP2 server answers PING with the array `["pong", ""]` and a RESP3
-    /// server with `PONG`: any reply proves the peer alive, so it is read as a plain Value,
-    /// never as a string.
-    async fn ping(&mut self) -> redis::RedisResult<Value> {
-        match self {
-            Self::Push(c) => redis::cmd("PING").query_async(c).await,
-            Self::Queue(s) => s.ping().await,
-        }
-    }
-}
-
-/// What the connection hands to the loop.
-enum Incoming {
-    /// RESP3: only the news that the connection closed (messages went to the hub already).
-    Push(Arc<Notify>),
-    /// RESP2: the queued messages.
-    Queue(PubSubStream),
-}
-
-impl Incoming {
-    /// The next message to deliver; `None` once the connection closed.
-    async fn next(&mut self) -> Option<redis::Msg> {
-        match self {
-            Self::Push(closed) => {
-                closed.notified().await;
-                None
-            }
-            Self::Queue(stream) => stream.next().await,
-        }
     }
 }
 

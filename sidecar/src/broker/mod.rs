@@ -16,6 +16,7 @@
 //! - [`sentinel`]: asking the sentinels for the master, and the `+switch-master` watcher.
 //! - [`cluster`]: Redis Cluster subscriptions (classic and sharded) that follow resharding.
 //! - [`commands`]: a connection for ordinary commands that follows the deployment.
+//! - [`subscriber`]: the subscription connection to one server (RESP3 pushes, RESP2 fallback).
 //! - [`wire`]: groups to channels and payloads to frames (the history envelope included).
 
 pub mod cluster;
@@ -25,6 +26,7 @@ pub mod history;
 pub mod id;
 pub mod options;
 pub mod sentinel;
+pub mod subscriber;
 pub mod tls;
 pub mod wire;
 
