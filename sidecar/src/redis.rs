@@ -10,8 +10,8 @@
 //!   +-- after a reconnect: hub.resubscribed() (taskstream.v1 sessions catch up from history)
 //! ```
 //!
-//! The connection speaks RESP3, each message handed to the hub from redis-rs's reader with no
-//! queue in between; RESP2 only for a server without `HELLO` ([`crate::broker::subscriber`]).
+//! The connection speaks RESP3, received messages waiting for the hub in a bounded inbox; RESP2
+//! only for a server without `HELLO` ([`crate::broker::subscriber`], [`crate::broker::inbox`]).
 //!
 //! Publishing (`POST /publish/<group>`) and history (the publish and read scripts) use a
 //! separate command connection ([`crate::broker::commands`]), because a connection in subscribe
@@ -35,7 +35,7 @@ use crate::broker::endpoint::{Endpoint, Moves, addr_of};
 use crate::broker::history::{self, HistoryConfig, Snapshot};
 use crate::broker::id::StreamId;
 use crate::broker::sentinel::Addr;
-use crate::broker::subscriber::{self, Incoming, OnMessage, Subscriber};
+use crate::broker::subscriber::{self, Incoming, Next, Subscriber};
 use crate::broker::tls;
 pub use crate::broker::wire::{Plain, Wire};
 use crate::health::Health;
@@ -240,7 +240,7 @@ impl RedisBroker {
         loop {
             let attempt = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = tokio::time::timeout(COMMAND_TIMEOUT, self.connect(&hub, &metrics)) => r,
+                r = tokio::time::timeout(COMMAND_TIMEOUT, self.connect()) => r,
             };
             let (subscriber, incoming) = match attempt {
                 Ok(Ok((p, at))) => {
@@ -307,31 +307,22 @@ impl RedisBroker {
 
 impl RedisBroker {
     /// A subscription connection to the server to subscribe on now, and where it goes.
-    async fn connect(
-        &self,
-        hub: &Arc<Hub>,
-        metrics: &Metrics,
-    ) -> redis::RedisResult<((Subscriber, Incoming), Option<Addr>)> {
+    async fn connect(&self) -> redis::RedisResult<((Subscriber, Incoming), Option<Addr>)> {
         let client = self.endpoint.client().await?;
         let at = addr_of(&client);
-        let conn = subscriber::connect(
-            &client,
-            &self.resp2_only,
-            &self.display,
-            self.on_message(hub, metrics),
-        )
-        .await?;
+        let conn = subscriber::connect(&client, &self.resp2_only, &self.display).await?;
         Ok((conn, at))
-    }
-
-    fn on_message(&self, hub: &Arc<Hub>, metrics: &Metrics) -> OnMessage {
-        let (wire, hub, metrics) = (self.wire.clone(), hub.clone(), metrics.clone());
-        Arc::new(move |channel, payload| deliver(&*wire, &hub, &metrics, channel, payload))
     }
 }
 
 /// One message of `channel` to the hub, when it is a group's and decodes.
-fn deliver(wire: &dyn Wire, hub: &Hub, metrics: &Metrics, channel: &str, payload: &[u8]) {
+pub(crate) fn deliver(
+    wire: &dyn Wire,
+    hub: &Hub,
+    metrics: &Metrics,
+    channel: &str,
+    payload: &[u8],
+) {
     let Some(group) = wire.group(channel) else {
         return;
     };
@@ -393,12 +384,13 @@ impl Session<'_> {
                         return Ended::Lost(e);
                     }
                 }
-                msg = incoming.next() => {
-                    let Some(msg) = msg else {
-                        return Ended::Lost("connection closed".into());
-                    };
+                next = incoming.next() => {
                     let wire = &*self.broker.wire;
-                    deliver(wire, self.hub, metrics, msg.get_channel_name(), msg.get_payload_bytes());
+                    match next {
+                        Next::Pushed { channel, payload } => deliver(wire, self.hub, metrics, &channel, &payload),
+                        Next::Queued(msg) => deliver(wire, self.hub, metrics, msg.get_channel_name(), msg.get_payload_bytes()),
+                        Next::Lost(why) => return Ended::Lost(why),
+                    }
                 }
                 _ = ping.tick() => {
                     match tokio::time::timeout(COMMAND_TIMEOUT, self.subscriber.ping()).await {

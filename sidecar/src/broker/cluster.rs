@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! PUBLISH  <prefix>G on any node --cluster bus, every node--> SUBSCRIBE  (any one node)  --+
-//! SPUBLISH <prefix>G on G's slot owner ----------------------> SSUBSCRIBE (the slot owner) -+-> push -> hub
+//! SPUBLISH <prefix>G on G's slot owner ----------------------> SSUBSCRIBE (the slot owner) -+-> push -> inbox -> loop -> hub
 //!
 //! slot of G migrates: old owner sends SUNSUBSCRIBE -> dropped set -> SSUBSCRIBE again
 //!                     -> MOVED -> redis-rs refreshes the slot map -> the new owner
@@ -27,12 +27,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::inbox::{self, Item};
 use super::tls::Tls;
 use crate::backoff::Backoff;
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::redis::{COMMAND_TIMEOUT, PING_EVERY, RedisBroker, Wire};
+use crate::redis::{COMMAND_TIMEOUT, PING_EVERY, RedisBroker, deliver};
 
 /// How many (un)subscribe commands are in flight at once while reconciling.
 const IN_FLIGHT: usize = 64;
@@ -116,12 +117,8 @@ pub async fn run(
     let mut connected_once = false;
     loop {
         let dropped = Arc::new(Dropped::default());
-        let push = pusher(
-            broker.wire.clone(),
-            hub.clone(),
-            metrics.clone(),
-            dropped.clone(),
-        );
+        let (tx, inbox) = inbox::inbox(inbox::LIMIT);
+        let push = pusher(tx, dropped.clone());
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = tokio::time::timeout(COMMAND_TIMEOUT, cluster.subscriber(push)) => r,
@@ -155,7 +152,7 @@ pub async fn run(
             subscribed: BTreeSet::new(),
             reconnected: connected_once,
         };
-        let ended = session.serve(&health, &metrics, &shutdown).await;
+        let ended = session.serve(inbox, &health, &metrics, &shutdown).await;
         connected_once = true;
         health.set_broker_up(false);
         metrics.broker_up.set(0);
@@ -174,39 +171,29 @@ pub async fn run(
     }
 }
 
-/// The push handler: messages go straight to the hub (no queue in between); a subscription the
-/// server dropped is remembered for the loop to renew.
+/// The push handler: messages into the inbox (never blocking); a subscription the server
+/// dropped is remembered for the loop to renew.
 fn pusher(
-    wire: Arc<dyn Wire>,
-    hub: Arc<Hub>,
-    metrics: Metrics,
+    tx: inbox::Sender,
     dropped: Arc<Dropped>,
 ) -> impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static {
+    let message = super::subscriber::pusher(tx);
     move |info: PushInfo| {
-        let channel = match info.data.first() {
-            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-            _ => return Ok(()),
-        };
-        match info.kind {
-            PushKind::Message | PushKind::SMessage => {
-                let Some(Value::BulkString(payload)) = info.data.get(1) else {
-                    return Ok(());
-                };
-                if let Some(group) = wire.group(&channel)
-                    && let Some((id, frame)) = wire.event(group, payload, &metrics)
-                {
-                    hub.publish_event(group, id, frame);
-                }
-            }
-            PushKind::SUnsubscribe => {
-                // Also our own SUNSUBSCRIBE's confirmation: the loop checks the group is
-                // still wanted before subscribing again.
+        if info.kind == PushKind::SUnsubscribe {
+            // Also our own SUNSUBSCRIBE's confirmation: the loop checks the group is still
+            // wanted before subscribing again.
+            if let Some(Value::BulkString(channel)) = info.data.first() {
                 let mut set = dropped.channels.lock().unwrap_or_else(|p| p.into_inner());
-                set.insert(channel);
+                set.insert(String::from_utf8_lossy(channel).into_owned());
                 drop(set);
                 dropped.wake.notify_one();
             }
-            _ => {}
+            return Ok(());
+        }
+        // Messages; the cluster connection reconnects nodes itself, so a disconnection push
+        // means nothing to the loop (its PING finds a connection that cannot come back).
+        if info.kind != PushKind::Disconnection {
+            message(info)?;
         }
         Ok(())
     }
@@ -227,6 +214,7 @@ impl ClusterSession<'_> {
     /// Serves until shutdown (`None`) or a lost connection (`Some(why)`).
     async fn serve(
         &mut self,
+        mut inbox: inbox::Receiver,
         health: &Health,
         metrics: &Metrics,
         shutdown: &CancellationToken,
@@ -252,6 +240,12 @@ impl ClusterSession<'_> {
                         return Some(e);
                     }
                 }
+                item = inbox.next() => match item {
+                    Item::Message { channel, payload } => {
+                        deliver(&*self.broker.wire, self.hub, metrics, &channel, &payload);
+                    }
+                    Item::Lost(why) => return Some(why),
+                },
                 _ = self.dropped.wake.notified() => {
                     match self.renew().await {
                         Err(e) => return Some(e),

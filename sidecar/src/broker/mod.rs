@@ -17,6 +17,7 @@
 //! - [`cluster`]: Redis Cluster subscriptions (classic and sharded) that follow resharding.
 //! - [`commands`]: a connection for ordinary commands that follows the deployment.
 //! - [`subscriber`]: the subscription connection to one server (RESP3 pushes, RESP2 fallback).
+//! - [`inbox`]: received messages waiting for the hub, bounded (RESP3 and Cluster).
 //! - [`wire`]: groups to channels and payloads to frames (the history envelope included).
 
 pub mod cluster;
@@ -24,6 +25,7 @@ pub mod commands;
 pub mod endpoint;
 pub mod history;
 pub mod id;
+pub mod inbox;
 pub mod options;
 pub mod sentinel;
 pub mod subscriber;

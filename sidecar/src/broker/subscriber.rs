@@ -1,27 +1,21 @@
 //! The subscription connection to one server (the URL's, or the master the sentinels name):
-//! RESP3 with each message handed on from redis-rs's reader, or redis-rs's RESP2 `PubSub` for a
+//! RESP3 with each message pushed into our bounded [`inbox`], or redis-rs's RESP2 `PubSub` for a
 //! server without `HELLO`.
 //!
 //! ```text
-//! RESP3: socket -> redis-rs reader -> on_message(channel, payload) -> hub        (no queue)
-//!        a sidecar that falls behind leaves the bytes in its socket: Redis's
-//!        `client-output-buffer-limit pubsub` bounds them (past it Redis drops the connection)
-//! RESP2: socket -> redis-rs reader -> unbounded channel -> Incoming::next -> loop -> hub
+//! RESP3: socket -> redis-rs reader -> push -> inbox (<= 32 MiB) -> Incoming::next -> loop -> hub
+//! RESP2: socket -> redis-rs reader -> redis-rs's unbounded channel -> Incoming::next -> loop -> hub
 //! ```
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
-use tokio::sync::Notify;
 use tracing::warn;
 
+use super::inbox::{self, Item};
 use crate::redis::COMMAND_TIMEOUT;
-
-/// Called with each message's channel and payload, in the order Redis sent them.
-pub type OnMessage = Arc<dyn Fn(&str, &[u8]) + Send + Sync>;
 
 /// Connects to `client`'s server for subscribing: RESP3 (whatever the URL's `?protocol=`) unless
 /// the server refused it once before (`resp2_only`, set here with a warning).
@@ -29,7 +23,6 @@ pub async fn connect(
     client: &redis::Client,
     resp2_only: &AtomicBool,
     server: &str,
-    on_message: OnMessage,
 ) -> RedisResult<(Subscriber, Incoming)> {
     if !resp2_only.load(Ordering::Relaxed) {
         // The URL's own settings (TLS and its certificates, credentials, db), with RESP3.
@@ -39,16 +32,16 @@ pub async fn connect(
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
         let resp3 = redis::Client::open(info.set_redis_settings(settings))?;
-        let closed = Arc::new(Notify::new());
+        let (tx, rx) = inbox::inbox(inbox::LIMIT);
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(COMMAND_TIMEOUT))
             .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_push_sender(pusher(on_message, closed.clone()));
+            .set_push_sender(pusher(tx));
         match resp3
             .get_multiplexed_async_connection_with_config(&config)
             .await
         {
-            Ok(conn) => return Ok((Subscriber::Push(conn), Incoming::Push(closed))),
+            Ok(conn) => return Ok((Subscriber::Push(conn), Incoming::Push(rx))),
             Err(e) if resp3_refused(&e) => {
                 warn!(redis = %server, error = %e, "this Redis server does not speak RESP3 (no HELLO: Redis 5 or older, or a proxy); subscribing over RESP2, where events the sidecar has not handled yet queue in its memory without a bound. Upgrade to Redis 6 or later");
                 resp2_only.store(true, Ordering::Relaxed);
@@ -69,28 +62,39 @@ fn resp3_refused(e: &redis::RedisError) -> bool {
         })
 }
 
-/// The RESP3 push handler: runs in redis-rs's reader, so each message is handed on before the
-/// next is read; a closed connection wakes the loop.
-fn pusher(
-    on_message: OnMessage,
-    closed: Arc<Notify>,
-) -> impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static {
+/// The RESP3 push handler, run by redis-rs's reader: messages into the inbox (never blocking),
+/// and the news of a closed connection after them.
+pub fn pusher(tx: inbox::Sender) -> impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static {
     move |info: PushInfo| {
-        match (info.kind, info.data.as_slice()) {
-            (PushKind::Message, [Value::BulkString(channel), Value::BulkString(payload)]) => {
-                on_message(&String::from_utf8_lossy(channel), payload);
+        match info.kind {
+            PushKind::Message | PushKind::SMessage => {
+                if let Some((channel, payload)) = channel_and_payload(info.data) {
+                    tx.message(channel, payload);
+                }
             }
-            // A permit is stored when the loop is not waiting yet.
-            (PushKind::Disconnection, _) => closed.notify_one(),
+            PushKind::Disconnection => tx.closed(),
             _ => {}
         }
         Ok(())
     }
 }
 
+/// A message push's `[channel, payload]`, taken without copying the payload.
+pub fn channel_and_payload(data: Vec<Value>) -> Option<(String, Vec<u8>)> {
+    let mut data = data.into_iter();
+    match (data.next(), data.next()) {
+        (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) => {
+            let channel = String::from_utf8(channel)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+            Some((channel, payload))
+        }
+        _ => None,
+    }
+}
+
 /// Where SUBSCRIBE, UNSUBSCRIBE and PING go.
 pub enum Subscriber {
-    /// RESP3: one multiplexed connection; its messages go to [`OnMessage`].
+    /// RESP3: one multiplexed connection; its messages go to the inbox.
     Push(MultiplexedConnection),
     /// RESP2: redis-rs's `PubSub`.
     Queue(PubSubSink),
@@ -124,21 +128,30 @@ impl Subscriber {
 
 /// What the connection hands to the subscription loop.
 pub enum Incoming {
-    /// RESP3: only the news that the connection closed (the messages went to [`OnMessage`]).
-    Push(Arc<Notify>),
-    /// RESP2: the queued messages.
+    /// RESP3: our bounded inbox.
+    Push(inbox::Receiver),
+    /// RESP2: redis-rs's queue.
     Queue(PubSubStream),
 }
 
+/// One thing for the loop to handle.
+pub enum Next {
+    Queued(redis::Msg),
+    Pushed { channel: String, payload: Vec<u8> },
+    Lost(String),
+}
+
 impl Incoming {
-    /// The next message to hand on; `None` once the connection closed.
-    pub async fn next(&mut self) -> Option<redis::Msg> {
+    pub async fn next(&mut self) -> Next {
         match self {
-            Self::Push(closed) => {
-                closed.notified().await;
-                None
-            }
-            Self::Queue(stream) => stream.next().await,
+            Self::Push(inbox) => match inbox.next().await {
+                Item::Message { channel, payload } => Next::Pushed { channel, payload },
+                Item::Lost(why) => Next::Lost(why),
+            },
+            Self::Queue(stream) => match stream.next().await {
+                Some(msg) => Next::Queued(msg),
+                None => Next::Lost("connection closed".into()),
+            },
         }
     }
 }

@@ -1,0 +1,171 @@
+//! Received messages waiting for the hub. redis-rs's reader hands each message here (cheap,
+//! never blocking), and the subscription loop delivers them at its own pace, yielding to the
+//! sessions that write to clients. At most [`LIMIT`] bytes wait: past that the loop drops the
+//! connection, and after the resubscribe `taskstream.v1` sessions catch up from history. A
+//! sidecar that cannot keep up with Redis never grows without bound, and its clients are not
+//! closed as slow because the sidecar itself fell behind.
+//!
+//! ```text
+//! redis-rs reader --message(channel, payload)--> [queue, <= LIMIT bytes] --next()--> loop -> hub
+//!                 --closed()-------------------> Lost("connection closed")
+//!                 past LIMIT ------------------> Lost("fell behind"), later messages dropped
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use tokio::sync::mpsc;
+
+/// How many bytes of received events may wait for the hub (Redis's own default hard limit for
+/// a pub/sub client's output buffer).
+pub const LIMIT: usize = 32 << 20;
+
+/// Counted per message besides its bytes: the queue node and the two buffers' headers.
+const OVERHEAD: usize = 64;
+
+/// What the loop gets next.
+#[derive(Debug, PartialEq)]
+pub enum Item {
+    Message {
+        channel: String,
+        payload: Vec<u8>,
+    },
+    /// The subscription is gone (closed, or fell behind): reconnect.
+    Lost(String),
+}
+
+enum Entry {
+    Message {
+        channel: String,
+        payload: Vec<u8>,
+        counted: usize,
+    },
+    Lost(String),
+}
+
+/// A queue holding at most `limit` bytes of messages.
+pub fn inbox(limit: usize) -> (Sender, Receiver) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let sender = Sender {
+        tx,
+        queued: queued.clone(),
+        full: Arc::new(AtomicBool::new(false)),
+        limit,
+    };
+    (sender, Receiver { rx, queued })
+}
+
+/// The reader's end: never blocks.
+#[derive(Clone)]
+pub struct Sender {
+    tx: mpsc::UnboundedSender<Entry>,
+    queued: Arc<AtomicUsize>,
+    /// Past the limit once: everything after is dropped (the loop is reconnecting).
+    full: Arc<AtomicBool>,
+    limit: usize,
+}
+
+impl Sender {
+    pub fn message(&self, channel: String, payload: Vec<u8>) {
+        if self.full.load(Ordering::Relaxed) {
+            return;
+        }
+        let counted = channel.len() + payload.len() + OVERHEAD;
+        if self.queued.fetch_add(counted, Ordering::AcqRel) + counted > self.limit {
+            self.full.store(true, Ordering::Relaxed);
+            let _ = self.tx.send(Entry::Lost(format!(
+                "the sidecar fell more than {} MiB of events behind Redis (more arrive than it \
+                 can hand to its clients: add replicas or CPU); dropping the subscription, \
+                 clients with history catch up",
+                self.limit >> 20
+            )));
+            return;
+        }
+        let _ = self.tx.send(Entry::Message {
+            channel,
+            payload,
+            counted,
+        });
+    }
+
+    /// The connection closed: the loop sees it after the messages before it.
+    pub fn closed(&self) {
+        let _ = self.tx.send(Entry::Lost("connection closed".into()));
+    }
+}
+
+/// The loop's end.
+pub struct Receiver {
+    rx: mpsc::UnboundedReceiver<Entry>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Receiver {
+    pub async fn next(&mut self) -> Item {
+        match self.rx.recv().await {
+            Some(Entry::Message {
+                channel,
+                payload,
+                counted,
+            }) => {
+                self.queued.fetch_sub(counted, Ordering::AcqRel);
+                Item::Message { channel, payload }
+            }
+            Some(Entry::Lost(why)) => Item::Lost(why),
+            // Every sender is gone with the connection.
+            None => Item::Lost("connection closed".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(channel: &str, payload: &[u8]) -> Item {
+        Item::Message {
+            channel: channel.into(),
+            payload: payload.to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_come_out_in_order_and_free_their_bytes() {
+        // Room for two 100-byte messages at a time, not three.
+        let (tx, mut rx) = inbox(2 * (100 + 1 + OVERHEAD));
+        for round in 0..10u8 {
+            tx.message("a".into(), vec![round; 100]);
+            tx.message("b".into(), vec![round; 100]);
+            assert_eq!(rx.next().await, msg("a", &[round; 100]));
+            assert_eq!(rx.next().await, msg("b", &[round; 100]));
+        }
+    }
+
+    #[tokio::test]
+    async fn past_the_limit_the_loop_is_told_and_later_messages_are_dropped() {
+        let (tx, mut rx) = inbox(2 * (100 + 1 + OVERHEAD));
+        tx.message("a".into(), vec![1; 100]);
+        tx.message("a".into(), vec![2; 100]);
+        tx.message("a".into(), vec![3; 100]);
+        // Room again, but the connection is being dropped: nothing more is queued.
+        assert_eq!(rx.next().await, msg("a", &[1; 100]));
+        tx.message("a".into(), vec![4; 1]);
+        assert_eq!(rx.next().await, msg("a", &[2; 100]));
+        match rx.next().await {
+            Item::Lost(why) => assert!(why.contains("fell more than"), "{why}"),
+            other => panic!("expected Lost, got {other:?}"),
+        }
+        drop(tx);
+        assert_eq!(rx.next().await, Item::Lost("connection closed".into()));
+    }
+
+    #[tokio::test]
+    async fn a_close_comes_after_the_messages_before_it() {
+        let (tx, mut rx) = inbox(LIMIT);
+        tx.message("a".into(), b"x".to_vec());
+        tx.closed();
+        assert_eq!(rx.next().await, msg("a", b"x"));
+        assert_eq!(rx.next().await, Item::Lost("connection closed".into()));
+    }
+}
