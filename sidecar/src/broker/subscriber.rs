@@ -53,7 +53,8 @@ pub async fn connect(
     Ok((Subscriber::Queue(sink), Incoming::Queue(stream)))
 }
 
-/// Whether connecting failed because the server has no RESP3 (`HELLO` unknown).
+/// Whether connecting failed because the server has no RESP3 (`HELLO` unknown: Redis 5, or a
+/// proxy that does not pass it on).
 fn resp3_refused(e: &redis::RedisError) -> bool {
     e.kind() == redis::ErrorKind::RESP3NotSupported
         || e.detail().is_some_and(|d| {
