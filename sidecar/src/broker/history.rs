@@ -203,13 +203,24 @@ impl MemoryHistory {
     /// Stores `payload` and hands it to the hub under one lock, so a concurrent read sees it
     /// either in history or live, never neither and never both.
     pub fn publish(&self, hub: &Hub, group: &str, payload: Utf8Bytes) -> (StreamId, usize) {
+        self.publish_at(unix_ms(), hub, group, payload)
+    }
+
+    /// [`Self::publish`] with the wall clock reading `now_ms` (ids are `<ms>-<seq>`, as Redis's).
+    fn publish_at(
+        &self,
+        now_ms: u64,
+        hub: &Hub,
+        group: &str,
+        payload: Utf8Bytes,
+    ) -> (StreamId, usize) {
         let now = Instant::now();
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.publishes += 1;
         if st.publishes.is_multiple_of(1024) {
             st.groups.retain(|_, r| r.expires > now);
         }
-        let id = st.last_issued.next_after(unix_ms());
+        let id = st.last_issued.next_after(now_ms);
         st.last_issued = id;
         let ring = match st.groups.get_mut(group) {
             Some(r) if r.expires > now => r,

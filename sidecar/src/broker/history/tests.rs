@@ -67,7 +67,8 @@ async fn memory_ring_trims_expires_and_hands_events_to_the_hub() {
     });
     let mut issued = Vec::new();
     for n in 0..5 {
-        let (i, receivers) = h.publish(&hub, "g", format!("e{n}").into());
+        // All in one millisecond of the wall clock: ids 1000-0 .. 1000-4.
+        let (i, receivers) = h.publish_at(1000, &hub, "g", format!("e{n}").into());
         assert_eq!(receivers, 1);
         issued.push(i);
     }
@@ -88,10 +89,18 @@ async fn memory_ring_trims_expires_and_hands_events_to_the_hub() {
     tokio::time::advance(Duration::from_secs(61)).await;
     assert_eq!(from(issued[4]), Recovery::Reset(ResetReason::Expired));
     // A new lifetime: ids from the old one read as lost, never as "nothing missed"...
-    let (fresh, _) = h.publish(&hub, "g", "new".into());
-    assert!(fresh > issued[4]);
+    // (still in the same millisecond: 1000-5, right after the old lifetime's last id)
+    let (fresh, _) = h.publish_at(1000, &hub, "g", "new".into());
+    assert_eq!(fresh, id("1000-5"));
     assert_eq!(from(issued[3]), Recovery::Reset(ResetReason::Trimmed));
-    // ...except the very last one, which nothing followed (ids are issued back to back here).
+    // ...except the very last one, which nothing followed (its id is the fresh one's predecessor).
     assert_eq!(ids(&from(issued[4])), vec![fresh.to_string()]);
     assert_eq!(ids(&from(fresh)), Vec::<String>::new());
+    // A lifetime starting a millisecond later: the gap could have held expired events, so even
+    // the old lifetime's last id reads as lost.
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let (later, _) = h.publish_at(1001, &hub, "g", "later".into());
+    assert_eq!(later, id("1001-0"));
+    assert_eq!(from(fresh), Recovery::Reset(ResetReason::Trimmed));
+    assert_eq!(ids(&from(later)), Vec::<String>::new());
 }
