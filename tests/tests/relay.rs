@@ -2,7 +2,7 @@
 
 use taskstream_tests::eventually;
 use taskstream_tests::redis_server::RedisServer;
-use taskstream_tests::sidecar::Sidecar;
+use taskstream_tests::sidecar::{Sidecar, SidecarProcess};
 use taskstream_tests::upstream::{App, http_get};
 use taskstream_tests::ws::{connect, recv_text};
 
@@ -195,4 +195,72 @@ async fn redis_outage_keeps_the_pod_ready_and_the_app_reachable() {
     );
     strict.stop().await;
     sc.stop().await;
+}
+
+#[tokio::test]
+async fn password_protected_redis_with_and_without_a_username_and_a_wrong_password() {
+    let redis = RedisServer::start().await;
+    let mut admin = redis.conn().await.expect("admin connection");
+    // An ACL user, then a password on the default user (as managed Redis services have).
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "app", "on", ">app-s3cret", "~*", "&*", "+@all"])
+        .query_async::<()>(&mut admin)
+        .await
+        .expect("ACL SETUSER");
+    redis::cmd("CONFIG")
+        .arg(&["SET", "requirepass", "default-s3cret"])
+        .query_async::<()>(&mut admin)
+        .await
+        .expect("CONFIG SET requirepass");
+    let port = redis.url().rsplit(':').next().unwrap().to_owned();
+    let publisher = redis::Client::open(format!("redis://:default-s3cret@127.0.0.1:{port}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("the default user with its password");
+
+    for url in [
+        format!("redis://app:app-s3cret@127.0.0.1:{port}"),
+        format!("redis://:default-s3cret@127.0.0.1:{port}"),
+    ] {
+        let sc = Sidecar::start(&["--auth", "none", "--redis-url", &url]).await;
+        sc.wait_broker(200).await;
+        let mut ws = connect(&sc.ws_url("groups=g")).await;
+        let receivers: usize = redis::cmd("PUBLISH")
+            .arg(&["taskstream:g", "authenticated"])
+            .query_async(&mut publisher.clone())
+            .await
+            .expect("PUBLISH");
+        assert_eq!(receivers, 1, "subscribed with {}", redacted(&url));
+        assert_eq!(recv_text(&mut ws).await, "authenticated");
+        sc.stop().await;
+    }
+
+    // A wrong password: the sidecar says what failed, keeps serving, and never logs the secret.
+    let wrong = format!("redis://:not-the-Pa55word@127.0.0.1:{port}");
+    let sc = SidecarProcess::spawn_captured(&["--auth", "none", "--redis-url", &wrong], &[]).await;
+    let line = sc.wait_log("redis connect failed").await;
+    assert!(
+        line.contains("WRONGPASS") || line.contains("NOAUTH"),
+        "{line}"
+    );
+    assert_eq!(
+        http_get(&format!("http://{}/readyz/broker", sc.admin))
+            .await
+            .0,
+        503
+    );
+    assert_eq!(
+        http_get(&format!("http://{}/readyz", sc.admin)).await.0,
+        200
+    );
+    assert!(
+        !sc.stderr().contains("not-the-Pa55word"),
+        "the password reached the log:\n{}",
+        sc.stderr()
+    );
+}
+
+fn redacted(url: &str) -> String {
+    url.split_once('@').map_or(url, |(_, host)| host).to_owned()
 }
