@@ -100,6 +100,23 @@ test("a sidecar restart mid-stream: every event exactly once, in order", async (
   assert.equal(c.state, "live");
 });
 
+test("a group with no event yet resumes from the position given up front", async () => {
+  // Without an id the client could not resume the group: `lastIds: {g: "0"}` gives it one.
+  const s = await sidecar("--history-size", "100");
+  const c = client({ url: s.wsUrl("groups=quiet"), lastIds: { quiet: "0" } });
+  const resets = [];
+  c.on("reset", (r) => resets.push(r));
+  await until(c, "live");
+  const got = waitFor(c, "event");
+  let id;
+  await s.restart(async () => {
+    id = await redis.client.publish("quiet", { n: 1 }); // while no sidecar runs
+  });
+  assert.deepEqual(await got, { group: "quiet", id, data: { n: 1 } });
+  assert.deepEqual(resets, []);
+  assert.equal(c.lastId("quiet"), id);
+});
+
 test("a gap history cannot cover is a reset, then live events", async () => {
   const s = await sidecar("--history-size", "3");
   const first = await redis.client.publish("trim", "a", { size: 3 });

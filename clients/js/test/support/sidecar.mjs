@@ -44,11 +44,13 @@ export class Sidecar {
   wsUrl(query = "") {
     return `ws://127.0.0.1:${this.public}/ws/tasks/${query ? `?${query}` : ""}`;
   }
-  /** SIGTERM (clients get 1001), wait for the exit, and start again on the same ports. */
-  async restart() {
+  /** SIGTERM (clients get 1001), wait for the exit, run `whileDown`, and start again on the
+   *  same ports. */
+  async restart(whileDown = async () => {}) {
     this.proc.kill("SIGTERM");
     const { code } = await Promise.race([this.exited, new Promise((_, rej) => setTimeout(() => rej(new Error("sidecar did not exit")), WAIT))]);
     if (code !== 0) throw new Error(`sidecar exited with ${code}`);
+    await whileDown();
     await this.spawn();
   }
   stop() {
