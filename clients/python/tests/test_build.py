@@ -24,9 +24,12 @@ def test_build_makes_sdist_and_wheel_with_the_script_and_types(tmp_path: Path) -
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         assert {"taskstream/__init__.py", "taskstream/py.typed", "taskstream/publish.lua",
-                "taskstream/celery.py", "taskstream/django.py"} <= names
+                "taskstream/celery.py", "taskstream/django.py", "taskstream/channels.py"} <= names
         assert z.read("taskstream/publish.lua") == (REPO / "sidecar/src/broker/publish.lua").read_bytes()
         metadata = z.read("taskstream-0.1.0.dist-info/METADATA").decode()
-        assert "Requires-Dist: redis" in metadata
+        requires = [l for l in metadata.splitlines() if l.startswith("Requires-Dist:")]
+        # redis-py is the one required dependency; Celery, Django and channels are extras.
+        assert [r for r in requires if "extra ==" not in r] == ["Requires-Dist: redis>=5.0.1"]
+        assert "Requires-Dist: channels>=4.0; extra == 'channels'" in requires
     with tarfile.open(sdist) as t:
         assert "taskstream-0.1.0/src/taskstream/publish.lua" in t.getnames()

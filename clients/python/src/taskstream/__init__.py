@@ -4,8 +4,9 @@
     publisher = Publisher.from_url("redis://localhost:6379/0")
     event_id = publisher.publish("user:42", {"task": "t1", "progress": 40})
 
-See `taskstream.celery` (progress from Celery tasks) and `taskstream.django` (publish after the
-transaction commits, the sidecar's `--user-group` naming).
+See `taskstream.celery` (progress from Celery tasks), `taskstream.django` (publish after the
+transaction commits, the sidecar's `--user-group` naming) and `taskstream.channels` (a Django
+Channels layer whose unchanged `group_send` calls publish with history).
 """
 
 from .publisher import (
