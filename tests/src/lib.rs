@@ -6,9 +6,11 @@
 //! - [`upstream::App`]: a real HTTP app (echo, status codes, streaming, forward auth, WebSocket echo).
 //! - [`ws`]: WebSocket client helpers with bounded waits.
 //! - [`python`]: the project's `.venv` and a Django Channels `group_send` driver.
+//! - [`example`]: examples/django (its venv, runserver, a Celery worker, a session login).
 //! - [`browser`]: headless Chromium over the DevTools protocol.
 
 pub mod browser;
+pub mod example;
 pub mod python;
 pub mod redis_server;
 pub mod sidecar;

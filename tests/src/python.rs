@@ -1,6 +1,7 @@
-//! The project's Python virtual environment (`.venv/`, made by scripts/install-test-deps.sh)
-//! and a `group_send` driver: plain Python calling `async_to_sync(layer.group_send)` the way a
-//! Celery task does, one message per request, killed on drop.
+//! The project's Python virtual environments (`.venv/` and examples/django's `.venv-example/`,
+//! made by scripts/install-test-deps.sh) and a `group_send` driver: plain Python calling
+//! `async_to_sync(layer.group_send)` the way a Celery task does, one message per request,
+//! killed on drop.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -22,6 +23,19 @@ pub fn venv_python() -> PathBuf {
         python.exists(),
         "{} is missing: run ./scripts/install-test-deps.sh (it creates .venv with django, channels, \
          channels-redis and msgpack from tests/python/requirements.txt)",
+        python.display()
+    );
+    python
+}
+
+/// `.venv-example/bin/python`: examples/django's own venv, made from its requirements.txt plus
+/// ./clients/python as its README says; fails the test with the fix when it is missing.
+pub fn example_python() -> PathBuf {
+    let python = root().join(".venv-example/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run ./scripts/install-test-deps.sh (it creates .venv-example from \
+         examples/django/requirements.txt and ./clients/python)",
         python.display()
     );
     python

@@ -131,6 +131,27 @@ def test_await_from_async_code_reuses_one_client_per_loop(
     eventually("the clients to close", lambda: True if clients(redis_server) == baseline else None)
 
 
+def test_two_layers_on_one_loop_and_an_explicit_close(redis_server: RedisServer) -> None:
+    baseline = clients(redis_server)
+    a = TaskStreamChannelLayer(redis_server.url)
+    b = TaskStreamChannelLayer(redis_server.url, prefix="other:")
+
+    async def main() -> None:
+        await a.group_send("g", {"type": "t", "data": 1})
+        await b.group_send("g", {"type": "t", "data": 2})
+        await a.close()
+        await a.group_send("g", {"type": "t", "data": 3})  # a new client after close()
+        assert clients(redis_server) == baseline + 2
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(main())
+    loop.close()  # both layers' hooks run, each closing its own client
+    assert loop.is_closed() and "close" not in vars(loop)
+    assert [d for _, d in stored(redis_server, "g")] == [1, 3]
+    assert redis_server.client().xlen("other:g") == 1
+    eventually("the clients to close", lambda: True if clients(redis_server) == baseline else None)
+
+
 def test_the_message_mapping_matches_the_sidecars_channels_modes() -> None:
     message = {
         "type": "task.progress",
@@ -242,7 +263,8 @@ URL = "redis://127.0.0.1:1"  # never connected to: the layer connects on the fir
 
 
 def ws(sidecar: Sidecar, query: str) -> ClientConnection:
-    return connect(sidecar.ws_url(query), subprotocols=["taskstream.v1"], open_timeout=WAIT)  # type: ignore[list-item]
+    v1 = ["taskstream.v1"]
+    return connect(sidecar.ws_url(query), subprotocols=v1, open_timeout=WAIT)  # type: ignore[arg-type]
 
 
 def frames(conn: ClientConnection, n: int) -> list[Any]:
@@ -306,10 +328,8 @@ def test_the_same_page_gets_the_same_frames_as_through_the_channels_modes(
         history = async_to_sync(get_channel_layer("taskstream").group_send)
         with ws(at_most_once, "groups=g1") as a, ws(reliable, "groups=g1&last_id=g1:0") as b:
             # Pub/sub without history: send only once the sidecar listens.
-            eventually(
-                "the channels-pubsub sidecar's subscription",
-                lambda: True if redis_server.client().pubsub_numsub("asgi__group__g1")[0][1] else None,
-            )
+            listeners = lambda: redis_server.client().pubsub_numsub("asgi__group__g1")[0][1]
+            eventually("the channels-pubsub sidecar's subscription", lambda: listeners() or None)
             for message in MESSAGES:
                 plain("g1", message)
                 history("g1", message)

@@ -1,12 +1,19 @@
 """Settings of the example, after the migration off Daphne and Channels.
 
-Removed: "daphne" from INSTALLED_APPS, ASGI_APPLICATION, asgi.py and its URLRouter, and the
-channel layer: tasks publish through the `taskstream` package with history (TASKSTREAM below), so
-a browser that reconnects gets every step it missed.
+Removed: "daphne" from INSTALLED_APPS, ASGI_APPLICATION, asgi.py and its URLRouter. By default
+there is no channel layer: tasks publish through the `taskstream` package with history (TASKSTREAM
+below), so a browser that reconnects gets every step it missed.
+
+TASKSTREAM_CHANNEL_LAYER=history keeps the task's Channels code instead (`group_send`, unchanged)
+and selects taskstream's channel layer, which publishes with the same history: the settings-only
+migration. Run the sidecar with `--user-group user_{sub}_tasks` then (Channels group names
+cannot hold the `:` of the default `user:{sub}`).
 """
 
 import os
 from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -75,8 +82,34 @@ TASKSTREAM = {
     "USER_GROUP": "user:{sub}",
 }
 
+# "history": CHANNEL_LAYERS below, and tasks/tasks.py sends with group_send. Unset or empty: no
+# channel layer, tasks publish with taskstream.celery.Progress.
+TASKSTREAM_CHANNEL_LAYER = os.environ.get("TASKSTREAM_CHANNEL_LAYER", "")
+if TASKSTREAM_CHANNEL_LAYER == "history":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "taskstream.channels.TaskStreamChannelLayer",
+            "CONFIG": {
+                "url": REDIS_URL,
+                "history_size": TASKSTREAM["HISTORY_SIZE"],
+                "history_ttl": TASKSTREAM["HISTORY_TTL"],
+                "prefix": "taskstream:",
+                # Browsers get message["data"], as a consumer's send_json(event["data"]) sent.
+                "message": "data",
+            },
+        }
+    }
+    # The sidecar's --user-group user_{sub}_tasks: a group name Channels accepts.
+    TASKSTREAM["USER_GROUP"] = "user_{sub}_tasks"
+elif TASKSTREAM_CHANNEL_LAYER:
+    raise ImproperlyConfigured(
+        f"TASKSTREAM_CHANNEL_LAYER={TASKSTREAM_CHANNEL_LAYER!r}: use 'history', or leave it unset"
+    )
+
 # Celery with Redis as the broker: `celery -A taskdemo worker`.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_TASK_ACKS_LATE = True
 # Seconds between two progress steps of the example task (the tests make it short).
 TASK_STEP_SECONDS = float(os.environ.get("TASK_STEP_SECONDS", "0.5"))
+# Progress steps of the example task.
+TASK_STEPS = int(os.environ.get("TASK_STEPS", "5"))

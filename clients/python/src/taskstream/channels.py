@@ -226,6 +226,7 @@ class TaskStreamChannelLayer(_Base):  # type: ignore[misc,valid-type]
         self._publishers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncPublisher]" = (
             weakref.WeakKeyDictionary()
         )
+        self._hooked: "weakref.WeakSet[asyncio.AbstractEventLoop]" = weakref.WeakSet()
 
     def __repr__(self) -> str:
         return f"<TaskStreamChannelLayer prefix={self.prefix!r} history_size={self.history_size}>"
@@ -281,7 +282,8 @@ class TaskStreamChannelLayer(_Base):  # type: ignore[misc,valid-type]
 
     def _check_group(self, group: Any) -> None:
         # TypeError, as channels raises for a bad group name.
-        if not isinstance(group, str) or len(group) >= _MAX_NAME_LENGTH or not _GROUP_NAME.match(group):
+        valid = isinstance(group, str) and len(group) < _MAX_NAME_LENGTH
+        if not valid or not _GROUP_NAME.match(group):
             raise TypeError(
                 f"group name {group!r}: Channels group names are strings shorter than "
                 f"{_MAX_NAME_LENGTH} characters of ASCII letters, digits, '-', '_' and '.'"
@@ -306,11 +308,14 @@ class TaskStreamChannelLayer(_Base):  # type: ignore[misc,valid-type]
     def _close_with(self, loop: asyncio.AbstractEventLoop) -> None:
         """Closes the loop's client when the loop closes: a client outlives no loop, and no
         connection is left for the garbage collector to find open."""
+        if loop in self._hooked:
+            return
         original = loop.close
         layer = weakref.ref(self)
 
         def close(*args: Any, **kwargs: Any) -> None:
-            del loop.close  # back to the class's method
+            # Unhook (back to what was there: another layer's hook, or the class's method).
+            vars(loop).pop("close", None)
             owner = layer()
             if owner is not None:
                 with owner._lock:
@@ -324,6 +329,7 @@ class TaskStreamChannelLayer(_Base):  # type: ignore[misc,valid-type]
 
         try:
             loop.close = close  # type: ignore[method-assign]
+            self._hooked.add(loop)
         except AttributeError:
             # A loop class without instance attributes (uvloop): the weak map still drops the
             # client with the loop; its connections close when collected.
