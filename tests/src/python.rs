@@ -38,6 +38,26 @@ pub fn example_python() -> PathBuf {
          examples/django/requirements.txt and ./clients/python)",
         python.display()
     );
+    // The package is a regular install there (as the README has it), so a copy older than
+    // clients/python would test old code: refuse it with the fix.
+    let source = root().join("clients/python/src/taskstream");
+    let installed = std::fs::read_dir(root().join(".venv-example/lib"))
+        .expect("read .venv-example/lib")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("site-packages/taskstream"))
+        .find(|p| p.is_dir())
+        .expect("taskstream installed in .venv-example");
+    for entry in std::fs::read_dir(&source).expect("read clients/python/src/taskstream") {
+        let path = entry.expect("directory entry").path();
+        if path.is_file() {
+            let name = path.file_name().expect("a file name");
+            assert!(
+                std::fs::read(&path).ok() == std::fs::read(installed.join(name)).ok(),
+                "{} in .venv-example differs from clients/python: run ./scripts/install-test-deps.sh",
+                name.to_string_lossy()
+            );
+        }
+    }
     python
 }
 
