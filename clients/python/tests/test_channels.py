@@ -210,7 +210,7 @@ def test_bad_messages_and_group_names_fail_in_the_caller(
     assert not redis_server.client().exists("taskstream:g"), "nothing was published"
 
 
-def test_bad_config_is_refused_at_start() -> None:
+def test_bad_config_is_refused_at_start(caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(PayloadError, match="'url'"):
         TaskStreamChannelLayer()
     with pytest.raises(PayloadError, match="unknown CONFIG key.*hosts.*it takes url"):
@@ -221,6 +221,9 @@ def test_bad_config_is_refused_at_start() -> None:
         TaskStreamChannelLayer("redis://x", history_ttl=0)
     with pytest.raises(PayloadError, match="'message'"):
         TaskStreamChannelLayer("redis://x", message="whole")
+    # channels_redis's prefix left in place: the sidecar would not hear a thing.
+    TaskStreamChannelLayer("redis://x", prefix="asgi")
+    assert "--channel-prefix" in caplog.text
 
 
 def test_consumer_methods_say_the_sidecar_holds_the_sockets(

@@ -43,11 +43,12 @@ def report_progress(self, user_id, steps=None):
 
 
 def report_progress_with_group_send(task, user_id, steps):
-    """The same task as written for Django Channels: nothing here knows about taskstream."""
+    """The same task as written for Django Channels: nothing here knows about taskstream (the
+    group name is the one settings.py gives the page with TASKSTREAM_CHANNEL_LAYER=history)."""
     from channels.layers import get_channel_layer
 
     channel_layer = get_channel_layer()
-    group = user_group(user_id)  # user_<pk>_tasks, the group the consumer used to join
+    group = f"user_{user_id}_tasks"  # the group the consumer joined (sidecar: --user-group)
     percent = 0
 
     def send(state, message=None):

@@ -216,6 +216,12 @@ class TaskStreamChannelLayer(_Base):  # type: ignore[misc,valid-type]
         super().__init__()  # BaseChannelLayer's expiry and capacity: unused, kept at defaults
         # Validates prefix, history_size and history_ttl now, not at the first group_send.
         _Settings(prefix, history_size, history_ttl, None)
+        if prefix == "asgi":
+            logger.warning(
+                "TaskStreamChannelLayer: CONFIG 'prefix' is 'asgi', channels_redis's default; "
+                "here it is the sidecar's --channel-prefix (default %r): set both alike",
+                DEFAULT_PREFIX,
+            )
         self.url = url
         self.prefix = prefix
         self.history_size = history_size
