@@ -100,7 +100,11 @@ async fn no_colour_escapes_off_a_terminal_and_a_clean_exit_on_sigterm() {
     let status = wait_exit(&mut child, "taskstream-demo").await;
     // Exited by itself (code 0), not killed by the signal's default action.
     assert!(status.success(), "exit status {status}");
-    while let Ok(line) = lines.try_recv() {
+    // The rest of its output, up to the end of both pipes.
+    while let Some(line) = tokio::time::timeout(WAIT, lines.recv())
+        .await
+        .expect("the pipes close within the wait")
+    {
         seen.push(line);
     }
     assert!(

@@ -59,7 +59,9 @@ def stored(server: RedisServer, group: str) -> list[tuple[str, Any]]:
 
 
 def clients(server: RedisServer) -> int:
-    return len(server.client().client_list())
+    """Connections to `server`, this query's own included (closed before the next one)."""
+    with server.client() as c:
+        return len(c.client_list())
 
 
 def in_thread(f: Callable[[], Any]) -> Any:
