@@ -348,17 +348,6 @@ impl Hub {
         self.link.subscribe()
     }
 
-    /// Marks every subscription as not live (the broker connection dropped).
-    pub fn unconfirm_all(&self) {
-        {
-            let mut map = self.groups.write().unwrap_or_else(|e| e.into_inner());
-            for entry in map.values_mut() {
-                entry.confirmed = false;
-            }
-        }
-        self.confirmed.send_modify(|n| *n += 1);
-    }
-
     fn all_confirmed(&self, groups: &[String]) -> bool {
         let map = self.groups.read().unwrap_or_else(|e| e.into_inner());
         groups
