@@ -3,6 +3,11 @@
 //! Every flag has a `TASKSTREAM_*` environment variable; these names are a user-facing contract
 //! (the operator sets them on the sidecar container). [`Args`] is what clap parses; [`Config`] is
 //! the validated form the rest of the crate uses, so nothing downstream re-checks a flag.
+//!
+//! ```text
+//! flags / TASKSTREAM_* --clap--> Args (+ RedisArgs, ChannelsArgs flattened) --validate()--> Config
+//!   bad value: ConfigError naming the flag --> exit 2
+//! ```
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -99,7 +99,7 @@ pub async fn run(
     let broker_stop = CancellationToken::new();
     let broker_task = match &config.broker {
         BrokerConfig::Memory => {
-            broker::link::report(&health, &metrics, true);
+            crate::broker::link::report(&health, &metrics, true);
             None
         }
         BrokerConfig::Redis {

@@ -120,6 +120,10 @@ mod tests {
         let shard = LinkError::Closed.on("redis://h:1");
         assert_eq!(shard.to_string(), "redis://h:1: connection closed");
         let cause = std::error::Error::source(&shard).map(ToString::to_string);
-        assert_eq!(cause.as_deref(), Some("connection closed"), "the cause is kept");
+        assert_eq!(
+            cause.as_deref(),
+            Some("connection closed"),
+            "the cause is kept"
+        );
     }
 }

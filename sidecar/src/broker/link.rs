@@ -320,3 +320,6 @@ fn lost<L: Link>(server: &str, e: &LinkError) {
         debug!(redis = %server, error = %e, "{} connection lost; reconnecting", L::KIND);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,3 +1,5 @@
+//! The resume decision on every kind of snapshot, and the memory ring against it.
+
 use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
