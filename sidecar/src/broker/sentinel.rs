@@ -10,8 +10,6 @@
 //!                                                                          publisher reconnects
 //! ```
 
-use std::time::Duration;
-
 use futures_util::StreamExt;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisResult, TlsMode};
@@ -19,7 +17,7 @@ use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::timeouts::COMMAND_TIMEOUT;
+use super::timeouts::{COMMAND_TIMEOUT, PING_EVERY};
 use super::tls::Tls;
 use crate::backoff::Backoff;
 
@@ -216,7 +214,7 @@ impl Sentinel {
             .map_err(|_| timeout_error())??;
         pubsub.subscribe("+switch-master").await?;
         let (mut sink, mut stream) = pubsub.split();
-        let mut ping = tokio::time::interval(Duration::from_secs(5));
+        let mut ping = tokio::time::interval(PING_EVERY);
         ping.reset();
         loop {
             tokio::select! {
