@@ -3,6 +3,11 @@
 //! Every flag has a `TASKSTREAM_*` environment variable; these names are a user-facing contract
 //! (the operator sets them on the sidecar container). [`Args`] is what clap parses; [`Config`] is
 //! the validated form the rest of the crate uses, so nothing downstream re-checks a flag.
+//!
+//! ```text
+//! flags / TASKSTREAM_* --clap--> Args (+ RedisArgs, ChannelsArgs flattened) --validate()--> Config
+//!   bad value: ConfigError naming the flag --> exit 2
+//! ```
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,6 +17,9 @@ use clap::{Parser, ValueEnum};
 use http::Uri;
 
 use crate::broker::history::HistoryConfig;
+use crate::broker::options::{Connect, RedisArgs, RedisProtocol};
+use crate::channels::settings::{ChannelsArgs, ChannelsConfig};
+use crate::duration::parse_duration;
 use crate::error::ConfigError;
 
 /// How WebSocket clients are authenticated and given their groups.
@@ -32,17 +40,6 @@ pub enum BrokerKind {
     Redis,
     /// In-process only (local mode): events come from `POST /publish/<group>` on the admin port.
     Memory,
-}
-
-/// Wire protocol spoken on Redis (see `crate::channels` for the two Django Channels layers).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum RedisProtocol {
-    /// Plain pub/sub: `PUBLISH <channel-prefix><group> <payload>`.
-    Pubsub,
-    /// `channels_redis.core.RedisChannelLayer` (sorted-set groups and inboxes).
-    Channels,
-    /// `channels_redis.pubsub.RedisPubSubChannelLayer`.
-    ChannelsPubsub,
 }
 
 /// Log output format.
@@ -97,7 +94,7 @@ pub struct Args {
 
     /// TLS, Sentinel and Cluster settings of the Redis deployment.
     #[command(flatten)]
-    pub redis: crate::broker::options::RedisArgs,
+    pub redis: RedisArgs,
 
     /// Prefix of the Redis channel of each group: events for group G are published on `<prefix>G`.
     #[arg(long, env = "TASKSTREAM_CHANNEL_PREFIX", default_value = "taskstream:")]
@@ -115,7 +112,7 @@ pub struct Args {
 
     /// Django Channels layer settings (used with `--redis-protocol channels*`).
     #[command(flatten)]
-    pub channels: crate::channels::ChannelsArgs,
+    pub channels: ChannelsArgs,
 
     /// Authentication mode; there is no default, so the sidecar is never silently open.
     #[arg(long, env = "TASKSTREAM_AUTH", value_enum)]
@@ -250,7 +247,7 @@ pub enum BrokerConfig {
     Redis {
         url: String,
         /// TLS and the deployment (one server, Sentinel, Cluster) behind `url`.
-        connect: crate::broker::options::Connect,
+        connect: Connect,
         channel_prefix: String,
         protocol: Protocol,
     },
@@ -262,7 +259,7 @@ pub enum BrokerConfig {
 #[derive(Clone, Debug)]
 pub enum Protocol {
     Pubsub,
-    Channels(crate::channels::ChannelsConfig),
+    Channels(ChannelsConfig),
 }
 
 #[derive(Clone, Debug)]
@@ -438,27 +435,6 @@ impl Args {
             ready_requires_broker: self.ready_requires_broker,
             history,
         })
-    }
-}
-
-/// Parses `500ms`, `20s`, `5m`, `1h` or a plain number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 500ms, 20s or 5m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!(
-            "{s:?} has an unknown unit; use ms, s, m or h (e.g. 20s)"
-        )),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod backoff;
 pub mod broker;
 pub mod channels;
 pub mod config;
+pub mod duration;
 pub mod error;
 pub mod health;
 pub mod hub;
@@ -19,7 +20,6 @@ pub mod metrics;
 pub mod origin;
 pub mod protocol;
 pub mod proxy;
-pub mod redis;
 pub mod resume;
 pub mod server;
 pub mod session;
@@ -40,13 +40,13 @@ use crate::admin::Admin;
 use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::broker::endpoint::Endpoint;
+use crate::broker::redis::RedisBroker;
 use crate::config::{AuthConfig, BrokerConfig, Config, Protocol};
 use crate::error::{ConfigError, Error, Result};
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
-use crate::redis::RedisBroker;
 use crate::server::Shared;
 
 /// Addresses the sidecar actually listens on (useful when configured with port 0).
@@ -99,8 +99,7 @@ pub async fn run(
     let broker_stop = CancellationToken::new();
     let broker_task = match &config.broker {
         BrokerConfig::Memory => {
-            health.set_broker_up(true);
-            metrics.broker_up.set(1);
+            crate::broker::link::report(&health, &metrics, true);
             None
         }
         BrokerConfig::Redis {

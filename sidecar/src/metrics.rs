@@ -6,7 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
-use crate::broker::history::ResetReason;
+use crate::broker::history::model::ResetReason;
 use prometheus_client::registry::Registry;
 
 /// Why a WebSocket handshake was refused.

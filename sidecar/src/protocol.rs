@@ -9,7 +9,7 @@
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::broker::history::ResetReason;
+use crate::broker::history::model::ResetReason;
 use crate::broker::id::StreamId;
 
 /// The WebSocket subprotocol of this protocol.

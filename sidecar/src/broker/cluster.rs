@@ -12,11 +12,12 @@
 //! `SPUBLISH` is the one that scales: a sharded message travels only inside the shard that owns
 //! its slot, while a classic `PUBLISH` is copied to every node of the cluster.
 //!
-//! The subscription loop keeps the shape of the single-server one (`crate::redis`): connect,
-//! reconcile the wanted groups, then wait for hub changes, dropped subscriptions and the PING timer.
+//! It runs on the link driver ([`super::link`]) as the single-server source does: connect, join
+//! the wanted groups, then wait for messages, dropped subscriptions and the PING timer.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
@@ -24,16 +25,15 @@ use redis::cluster_async::ClusterConnection;
 use redis::{ConnectionAddr, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, RedisResult};
 use redis::{TlsMode, Value};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::info;
 
+use super::error::{LinkError, within};
 use super::inbox::{self, Item};
+use super::link::{Context, Link, Wake};
+use super::timeouts::{COMMAND_TIMEOUT, PING_EVERY};
 use super::tls::Tls;
-use crate::backoff::Backoff;
-use crate::health::Health;
+use super::wire::{self, Wire};
 use crate::hub::Hub;
-use crate::metrics::Metrics;
-use crate::redis::{COMMAND_TIMEOUT, PING_EVERY, RedisBroker, deliver};
 
 /// How many (un)subscribe commands are in flight at once while reconciling.
 const IN_FLIGHT: usize = 64;
@@ -104,73 +104,6 @@ struct Dropped {
     wake: Notify,
 }
 
-/// The cluster subscription loop of `broker` until `shutdown`; reconnects with backoff.
-pub async fn run(
-    broker: Arc<RedisBroker>,
-    cluster: &Cluster,
-    hub: Arc<Hub>,
-    health: Arc<Health>,
-    metrics: Metrics,
-    shutdown: CancellationToken,
-) {
-    let mut backoff = Backoff::default();
-    let mut connected_once = false;
-    loop {
-        let dropped = Arc::new(Dropped::default());
-        let (tx, inbox) = inbox::inbox(inbox::LIMIT);
-        let push = pusher(tx, dropped.clone());
-        let attempt = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = tokio::time::timeout(COMMAND_TIMEOUT, cluster.subscriber(push)) => r,
-        };
-        let conn = match attempt {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                let hint = super::tls::hint(&e).unwrap_or("");
-                warn!(redis = %broker.display, error = %e, retry_in = ?backoff.current(), "redis cluster connect failed; clients stay connected, retrying. {hint}");
-                if !backoff.wait(&shutdown).await {
-                    return;
-                }
-                continue;
-            }
-            Err(_) => {
-                warn!(redis = %broker.display, retry_in = ?backoff.current(), "redis cluster connect timed out; retrying");
-                if !backoff.wait(&shutdown).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        if connected_once {
-            metrics.redis_reconnects.inc();
-        }
-        let mut session = ClusterSession {
-            broker: &broker,
-            hub: &hub,
-            conn,
-            dropped,
-            subscribed: BTreeSet::new(),
-            reconnected: connected_once,
-        };
-        let ended = session.serve(inbox, &health, &metrics, &shutdown).await;
-        connected_once = true;
-        health.set_broker_up(false);
-        metrics.broker_up.set(0);
-        hub.link_lost();
-        hub.set_confirmed(session.subscribed.iter().map(String::as_str), false);
-        match ended {
-            None => return,
-            Some(why) => {
-                warn!(redis = %broker.display, error = %why, "redis cluster connection lost; clients stay connected, reconnecting and resubscribing");
-                backoff.reset();
-                if !backoff.wait(&shutdown).await {
-                    return;
-                }
-            }
-        }
-    }
-}
-
 /// The push handler: messages into the inbox (never blocking); a subscription the server
 /// dropped is remembered for the loop to renew.
 fn pusher(
@@ -199,128 +132,63 @@ fn pusher(
     }
 }
 
-struct ClusterSession<'a> {
-    broker: &'a RedisBroker,
-    hub: &'a Hub,
-    conn: ClusterConnection,
-    dropped: Arc<Dropped>,
-    /// Groups subscribed both ways (SUBSCRIBE and SSUBSCRIBE).
-    subscribed: BTreeSet<String>,
-    /// A lost connection was re-made: pub/sub dropped whatever was published meanwhile.
-    reconnected: bool,
+/// The Cluster subscription link.
+pub(crate) struct ClusterLink {
+    cluster: Arc<Cluster>,
+    wire: Arc<dyn Wire>,
+    wake: Wake,
+    display: String,
+    cx: Context,
 }
 
-impl ClusterSession<'_> {
-    /// Serves until shutdown (`None`) or a lost connection (`Some(why)`).
-    async fn serve(
-        &mut self,
-        mut inbox: inbox::Receiver,
-        health: &Health,
-        metrics: &Metrics,
-        shutdown: &CancellationToken,
-    ) -> Option<String> {
-        if let Err(e) = self.reconcile().await {
-            return Some(e);
-        }
-        self.broker.went_live(
-            self.hub,
-            health,
-            metrics,
-            self.subscribed.len(),
-            self.reconnected,
-        );
-        let mut ping = tokio::time::interval(PING_EVERY);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ping.reset();
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                _ = self.changed() => {
-                    if let Err(e) = self.reconcile().await {
-                        return Some(e);
-                    }
-                }
-                item = inbox.next() => match item {
-                    Item::Message { channel, payload } => {
-                        deliver(&*self.broker.wire, self.hub, metrics, &channel, &payload);
-                    }
-                    Item::Lost(why) => return Some(why),
-                },
-                _ = self.dropped.wake.notified() => {
-                    match self.renew().await {
-                        Err(e) => return Some(e),
-                        // Events published during the move were dropped by pub/sub: catch up.
-                        Ok(true) => self.hub.resubscribed(),
-                        Ok(false) => {}
-                    }
-                }
-                _ = ping.tick() => {
-                    // PING goes to every primary: a node that vanished is found here and
-                    // redis-rs reconnects it (resubscribing what it owns).
-                    let mut conn = self.conn.clone();
-                    let cmd = redis::cmd("PING");
-                    let pong = cmd.query_async::<Value>(&mut conn);
-                    match tokio::time::timeout(COMMAND_TIMEOUT, pong).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return Some(format!("ping: {e}")),
-                        Err(_) => return Some("ping: no answer within 5s".into()),
-                    }
-                }
-            }
-        }
-    }
+/// One cluster connection, its inbox, and the subscriptions the server dropped.
+pub(crate) struct ClusterConn {
+    conn: ClusterConnection,
+    inbox: inbox::Receiver,
+    dropped: Arc<Dropped>,
+}
 
-    async fn changed(&self) {
-        self.broker.changed(self.hub).await
-    }
+pub(crate) enum ClusterEvent {
+    Message(Item),
+    /// The server dropped sharded subscriptions (a slot moved away).
+    Dropped,
+}
 
-    fn wanted(&self) -> BTreeSet<String> {
-        self.broker.wanted(self.hub)
-    }
-
-    /// Brings the subscriptions in line with the groups that have local clients.
-    async fn reconcile(&mut self) -> Result<(), String> {
-        for _ in 0..16 {
-            let wanted = self.wanted();
-            let add: Vec<String> = wanted.difference(&self.subscribed).cloned().collect();
-            let remove: Vec<String> = self.subscribed.difference(&wanted).cloned().collect();
-            if !add.is_empty() {
-                self.each(&add, Op::Subscribe).await?;
-                debug!(groups = ?add, "subscribed (cluster)");
-                self.subscribed.extend(add);
-            }
-            if !remove.is_empty() {
-                // Forget them first: the SUNSUBSCRIBE confirmations must not renew them.
-                for g in &remove {
-                    self.subscribed.remove(g);
-                }
-                self.each(&remove, Op::Unsubscribe).await?;
-                debug!(groups = ?remove, "unsubscribed (cluster)");
-            }
-            self.hub
-                .set_confirmed(self.subscribed.iter().map(String::as_str), true);
-            if self.wanted() == self.subscribed {
-                break;
-            }
+impl ClusterLink {
+    pub(crate) fn new(
+        cluster: Arc<Cluster>,
+        wire: Arc<dyn Wire>,
+        wake: Wake,
+        display: String,
+        cx: Context,
+    ) -> Self {
+        Self {
+            cluster,
+            wire,
+            wake,
+            display,
+            cx,
         }
-        Ok(())
     }
 
     /// Subscribes again (sharded) the groups whose subscription the server dropped.
     /// Returns whether anything was subscribed again (events may have been missed meanwhile).
-    async fn renew(&mut self) -> Result<bool, String> {
+    async fn renew(
+        &self,
+        conn: &ClusterConn,
+        joined: &BTreeSet<String>,
+    ) -> Result<bool, LinkError> {
         let channels = std::mem::take(
-            &mut *self
+            &mut *conn
                 .dropped
                 .channels
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
         );
-        let wire = &self.broker.wire;
         let groups: Vec<String> = channels
             .iter()
-            .filter_map(|c| wire.group(c))
-            .filter(|g| self.subscribed.contains(*g))
+            .filter_map(|c| self.wire.group(c))
+            .filter(|g| joined.contains(*g))
             .map(str::to_owned)
             .collect();
         if groups.is_empty() {
@@ -332,18 +200,18 @@ impl ClusterSession<'_> {
         );
         // Sessions that catch up from history hold their live events until the new owner's
         // subscription is in place, so nothing published after it can overtake the gap.
-        self.hub.link_lost();
-        self.each(&groups, Op::Renew).await?;
+        self.cx.hub.link_lost();
+        self.each(conn, &groups, Op::Renew).await?;
         Ok(true)
     }
 
     /// Runs `op` for every group, [`IN_FLIGHT`] at a time (one channel per command: sharded
     /// commands may not span slots).
-    async fn each(&self, groups: &[String], op: Op) -> Result<(), String> {
+    async fn each(&self, conn: &ClusterConn, groups: &[String], op: Op) -> Result<(), LinkError> {
         // Owned jobs: the futures borrow nothing, so the loop stays `Send` for tokio::spawn.
         let jobs: Vec<(ClusterConnection, String)> = groups
             .iter()
-            .map(|g| (self.conn.clone(), self.broker.wire.channel(g)))
+            .map(|g| (conn.conn.clone(), self.wire.channel(g)))
             .collect();
         futures_util::stream::iter(jobs)
             .map(move |(mut conn, channel)| async move {
@@ -360,16 +228,105 @@ impl ClusterSession<'_> {
                         }
                     }
                 };
-                match tokio::time::timeout(COMMAND_TIMEOUT * 2, r).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(format!("{op:?} {channel}: {e}")),
-                    Err(_) => Err(format!("{op:?} {channel}: no answer within 10s")),
-                }
+                within(COMMAND_TIMEOUT * 2, || format!("{op:?} {channel}"), r).await
             })
             .buffer_unordered(IN_FLIGHT)
             .try_collect::<Vec<()>>()
             .await
             .map(|_| ())
+    }
+}
+
+impl Link for ClusterLink {
+    type Conn = ClusterConn;
+    type Event = ClusterEvent;
+
+    const KIND: &'static str = "redis cluster";
+    const JOINED: &'static str = "subscribed";
+    const DROPS_WHILE_DOWN: bool = true;
+    const KEEP_ALIVE: Option<Duration> = Some(PING_EVERY);
+
+    fn display(&self) -> &str {
+        &self.display
+    }
+
+    fn wake(&self) -> Wake {
+        self.wake.clone()
+    }
+
+    fn wanted(&self, hub: &Hub) -> BTreeSet<String> {
+        wire::wanted(&*self.wire, hub)
+    }
+
+    async fn connect(&mut self) -> Result<ClusterConn, LinkError> {
+        let dropped = Arc::new(Dropped::default());
+        let (tx, inbox) = inbox::inbox(inbox::LIMIT);
+        let conn = self
+            .cluster
+            .subscriber(pusher(tx, dropped.clone()))
+            .await
+            .map_err(|source| LinkError::Connect { source })?;
+        Ok(ClusterConn {
+            conn,
+            inbox,
+            dropped,
+        })
+    }
+
+    async fn join(&mut self, conn: &mut ClusterConn, groups: &[String]) -> Result<(), LinkError> {
+        self.each(conn, groups, Op::Subscribe).await
+    }
+
+    async fn leave(&mut self, conn: &mut ClusterConn, groups: &[String]) -> Result<(), LinkError> {
+        self.each(conn, groups, Op::Unsubscribe).await
+    }
+
+    async fn next(&mut self, conn: &mut ClusterConn) -> ClusterEvent {
+        tokio::select! {
+            item = conn.inbox.next() => ClusterEvent::Message(item),
+            _ = conn.dropped.wake.notified() => ClusterEvent::Dropped,
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        conn: &mut ClusterConn,
+        joined: &BTreeSet<String>,
+        event: ClusterEvent,
+    ) -> Result<(), LinkError> {
+        match event {
+            ClusterEvent::Message(Item::Message { channel, payload }) => {
+                wire::deliver(
+                    &*self.wire,
+                    &self.cx.hub,
+                    &self.cx.metrics,
+                    &channel,
+                    &payload,
+                );
+            }
+            ClusterEvent::Message(Item::Lost(e)) => return Err(e),
+            ClusterEvent::Dropped => {
+                if self.renew(conn, joined).await? {
+                    // Events published during the move were dropped by pub/sub: catch up.
+                    self.cx.hub.resubscribed();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn keep_alive(
+        &mut self,
+        conn: &mut ClusterConn,
+        _joined: &BTreeSet<String>,
+    ) -> Result<(), LinkError> {
+        // PING goes to every primary: a node that vanished is found here and redis-rs
+        // reconnects it (resubscribing what it owns).
+        let mut c = conn.conn.clone();
+        let pong = async move { redis::cmd("PING").query_async::<Value>(&mut c).await };
+        within(COMMAND_TIMEOUT, || "ping".into(), pong)
+            .await
+            .map(drop)
     }
 }
 

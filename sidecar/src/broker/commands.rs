@@ -14,9 +14,9 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use tokio::sync::Mutex;
 
-use super::endpoint::{Endpoint, addr_of};
-use super::sentinel::Addr;
-use crate::redis::COMMAND_TIMEOUT;
+use super::endpoint::Endpoint;
+use super::sentinel::{Addr, addr_of};
+use super::timeouts::COMMAND_TIMEOUT;
 
 /// A command connection; cheap to clone (every variant is multiplexed).
 #[derive(Clone)]

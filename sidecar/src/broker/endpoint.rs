@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::cluster::Cluster;
 use super::options::{Connect, Topology};
+use super::redact::redacted;
 use super::sentinel::{Addr, Sentinel};
 use super::tls::Tls;
-use crate::redis::redacted;
 
 /// The Redis deployment one source talks to.
 pub struct Endpoint {
@@ -133,15 +133,6 @@ impl Endpoint {
             let s = s.clone();
             tokio::spawn(async move { s.watch(shutdown).await });
         }
-    }
-}
-
-/// Host and port a client connects to.
-pub fn addr_of(client: &redis::Client) -> Option<Addr> {
-    match client.get_connection_info().addr() {
-        redis::ConnectionAddr::Tcp(host, port)
-        | redis::ConnectionAddr::TcpTls { host, port, .. } => Some((host.clone(), *port)),
-        _ => None,
     }
 }
 

@@ -1,4 +1,8 @@
 //! Event ids: Redis Stream ids (`<ms>-<seq>`), which order a group's events.
+//!
+//! ```text
+//! XADD (publish.lua) | memory ring --> "1700000000000-3" --parse--> StreamId --> frames, last_id, resume
+//! ```
 
 use std::fmt;
 

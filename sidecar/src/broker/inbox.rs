@@ -7,14 +7,16 @@
 //!
 //! ```text
 //! redis-rs reader --message(channel, payload)--> [queue, <= LIMIT bytes] --next()--> loop -> hub
-//!                 --closed()-------------------> Lost("connection closed")
-//!                 past LIMIT ------------------> Lost("fell behind"), later messages dropped
+//!                 --closed()-------------------> Lost(LinkError::Closed)
+//!                 past LIMIT ------------------> Lost(LinkError::FellBehind), later messages dropped
 //! ```
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
+
+use super::error::LinkError;
 
 /// How many bytes of received events may wait for the hub (Redis's own default hard limit for
 /// a pub/sub client's output buffer).
@@ -24,14 +26,14 @@ pub const LIMIT: usize = 32 << 20;
 const OVERHEAD: usize = 64;
 
 /// What the loop gets next.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub enum Item {
     Message {
         channel: String,
         payload: Vec<u8>,
     },
     /// The subscription is gone (closed, or fell behind): reconnect.
-    Lost(String),
+    Lost(LinkError),
 }
 
 enum Entry {
@@ -40,7 +42,7 @@ enum Entry {
         payload: Vec<u8>,
         counted: usize,
     },
-    Lost(String),
+    Lost(LinkError),
 }
 
 /// A queue holding at most `limit` bytes of messages.
@@ -74,12 +76,9 @@ impl Sender {
         let counted = channel.len() + payload.len() + OVERHEAD;
         if self.queued.fetch_add(counted, Ordering::AcqRel) + counted > self.limit {
             self.full.store(true, Ordering::Relaxed);
-            let _ = self.tx.send(Entry::Lost(format!(
-                "the sidecar fell more than {} MiB of events behind Redis (more arrive than it \
-                 can hand to its clients: add replicas or CPU); dropping the subscription, \
-                 clients with history catch up",
-                self.limit >> 20
-            )));
+            let _ = self.tx.send(Entry::Lost(LinkError::FellBehind {
+                limit_mib: self.limit >> 20,
+            }));
             return;
         }
         let _ = self.tx.send(Entry::Message {
@@ -91,7 +90,7 @@ impl Sender {
 
     /// The connection closed: the loop sees it after the messages before it.
     pub fn closed(&self) {
-        let _ = self.tx.send(Entry::Lost("connection closed".into()));
+        let _ = self.tx.send(Entry::Lost(LinkError::Closed));
     }
 }
 
@@ -114,7 +113,7 @@ impl Receiver {
             }
             Some(Entry::Lost(why)) => Item::Lost(why),
             // Every sender is gone with the connection.
-            None => Item::Lost("connection closed".into()),
+            None => Item::Lost(LinkError::Closed),
         }
     }
 }
@@ -123,11 +122,24 @@ impl Receiver {
 mod tests {
     use super::*;
 
-    fn msg(channel: &str, payload: &[u8]) -> Item {
-        Item::Message {
-            channel: channel.into(),
-            payload: payload.to_vec(),
+    /// The message `channel`, `payload`, or a panic naming what came instead.
+    fn assert_msg(item: Item, channel: &str, payload: &[u8]) {
+        match item {
+            Item::Message {
+                channel: c,
+                payload: p,
+            } => {
+                assert_eq!((c.as_str(), p.as_slice()), (channel, payload));
+            }
+            other => panic!("expected a message on {channel}, got {other:?}"),
         }
+    }
+
+    fn assert_closed(item: Item) {
+        assert!(
+            matches!(item, Item::Lost(LinkError::Closed)),
+            "expected Lost(Closed), got {item:?}"
+        );
     }
 
     #[tokio::test]
@@ -137,8 +149,8 @@ mod tests {
         for round in 0..10u8 {
             tx.message("a".into(), vec![round; 100]);
             tx.message("b".into(), vec![round; 100]);
-            assert_eq!(rx.next().await, msg("a", &[round; 100]));
-            assert_eq!(rx.next().await, msg("b", &[round; 100]));
+            assert_msg(rx.next().await, "a", &[round; 100]);
+            assert_msg(rx.next().await, "b", &[round; 100]);
         }
     }
 
@@ -149,15 +161,15 @@ mod tests {
         tx.message("a".into(), vec![2; 100]);
         tx.message("a".into(), vec![3; 100]);
         // Room again, but the connection is being dropped: nothing more is queued.
-        assert_eq!(rx.next().await, msg("a", &[1; 100]));
+        assert_msg(rx.next().await, "a", &[1; 100]);
         tx.message("a".into(), vec![4; 1]);
-        assert_eq!(rx.next().await, msg("a", &[2; 100]));
+        assert_msg(rx.next().await, "a", &[2; 100]);
         match rx.next().await {
-            Item::Lost(why) => assert!(why.contains("fell more than"), "{why}"),
-            other => panic!("expected Lost, got {other:?}"),
+            Item::Lost(LinkError::FellBehind { limit_mib }) => assert_eq!(limit_mib, 0),
+            other => panic!("expected Lost(FellBehind), got {other:?}"),
         }
         drop(tx);
-        assert_eq!(rx.next().await, Item::Lost("connection closed".into()));
+        assert_closed(rx.next().await);
     }
 
     #[tokio::test]
@@ -165,7 +177,7 @@ mod tests {
         let (tx, mut rx) = inbox(LIMIT);
         tx.message("a".into(), b"x".to_vec());
         tx.closed();
-        assert_eq!(rx.next().await, msg("a", b"x"));
-        assert_eq!(rx.next().await, Item::Lost("connection closed".into()));
+        assert_msg(rx.next().await, "a", b"x");
+        assert_closed(rx.next().await);
     }
 }

@@ -1,14 +1,30 @@
-//! The Redis deployment flags: TLS files, Sentinel, Cluster. Flattened into
-//! [`crate::config::Args`]; [`RedisArgs::validate`] turns them into a [`Connect`] so that nothing
-//! downstream re-checks a flag.
+//! The broker options: the Redis deployment flags (TLS files, Sentinel, Cluster) and the wire
+//! protocol spoken on Redis. Flattened into [`crate::config::Args`]; [`RedisArgs::validate`]
+//! turns them into a [`Connect`] so that nothing downstream re-checks a flag.
+//!
+//! ```text
+//! --redis-url + --redis-sentinels | --redis-cluster + TLS files --validate--> Connect { tls, topology }
+//! --redis-protocol --> RedisProtocol: pubsub (broker::redis) | channels, channels-pubsub (crate::channels)
+//! ```
 
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
+use super::redact::redacted;
 use super::tls::Tls;
-use crate::config::RedisProtocol;
 use crate::error::ConfigError;
+
+/// Wire protocol spoken on Redis (see [`crate::channels`] for the two Django Channels layers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RedisProtocol {
+    /// Plain pub/sub: `PUBLISH <channel-prefix><group> <payload>`.
+    Pubsub,
+    /// `channels_redis.core.RedisChannelLayer` (sorted-set groups and inboxes).
+    Channels,
+    /// `channels_redis.pubsub.RedisPubSubChannelLayer`.
+    ChannelsPubsub,
+}
 
 /// Flags of the Redis deployment (TLS, Sentinel, Cluster).
 #[derive(Clone, Debug, Args)]
@@ -138,7 +154,7 @@ impl RedisArgs {
                     tls.client(s.as_str()).map_err(|e| {
                         ConfigError::new(
                             "--redis-url",
-                            format!("cluster seed {}: {e}", crate::redis::redacted(s)),
+                            format!("cluster seed {}: {e}", redacted(s)),
                         )
                     })?;
                 }

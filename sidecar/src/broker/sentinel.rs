@@ -10,8 +10,6 @@
 //!                                                                          publisher reconnects
 //! ```
 
-use std::time::Duration;
-
 use futures_util::StreamExt;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisResult, TlsMode};
@@ -19,12 +17,21 @@ use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::timeouts::{COMMAND_TIMEOUT, PING_EVERY};
 use super::tls::Tls;
 use crate::backoff::Backoff;
-use crate::redis::COMMAND_TIMEOUT;
 
 /// Host and port of a master.
 pub type Addr = (String, u16);
+
+/// Host and port a client connects to.
+pub fn addr_of(client: &redis::Client) -> Option<Addr> {
+    match client.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(host, port)
+        | redis::ConnectionAddr::TcpTls { host, port, .. } => Some((host.clone(), *port)),
+        _ => None,
+    }
+}
 
 /// The sentinels of one master set.
 pub struct Sentinel {
@@ -128,7 +135,7 @@ impl Sentinel {
                     redis::RedisError::from((redis::ErrorKind::Io, "sentinel: no answer within 5s"))
                 })??
         };
-        let addr = super::endpoint::addr_of(&found).ok_or_else(|| {
+        let addr = addr_of(&found).ok_or_else(|| {
             redis::RedisError::from((
                 redis::ErrorKind::InvalidClientConfig,
                 "sentinel named a master that is not host:port",
@@ -207,7 +214,7 @@ impl Sentinel {
             .map_err(|_| timeout_error())??;
         pubsub.subscribe("+switch-master").await?;
         let (mut sink, mut stream) = pubsub.split();
-        let mut ping = tokio::time::interval(Duration::from_secs(5));
+        let mut ping = tokio::time::interval(PING_EVERY);
         ping.reset();
         loop {
             tokio::select! {

@@ -14,8 +14,9 @@ use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
 use tracing::warn;
 
+use super::error::LinkError;
 use super::inbox::{self, Item};
-use crate::redis::COMMAND_TIMEOUT;
+use super::timeouts::COMMAND_TIMEOUT;
 
 /// Connects to `client`'s server for subscribing: RESP3 (whatever the URL's `?protocol=`) unless
 /// the server refused it once before (`resp2_only`, set here with a warning).
@@ -139,7 +140,7 @@ pub enum Incoming {
 pub enum Next {
     Queued(redis::Msg),
     Pushed { channel: String, payload: Vec<u8> },
-    Lost(String),
+    Lost(LinkError),
 }
 
 impl Incoming {
@@ -151,7 +152,7 @@ impl Incoming {
             },
             Self::Queue(stream) => match stream.next().await {
                 Some(msg) => Next::Queued(msg),
-                None => Next::Lost("connection closed".into()),
+                None => Next::Lost(LinkError::Closed),
             },
         }
     }

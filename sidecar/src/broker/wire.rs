@@ -3,16 +3,20 @@
 //! history carries its id in an envelope that is stripped here.
 //!
 //! ```text
+//! hub.wanted() --serves()--> groups of this link --channel()--> SUBSCRIBE <channel>
 //! Redis message (channel, payload) --group()--> group --event()--> (id?, text frame) --> hub
 //!                                   "\x1e<id>\x1e<payload>" -> (Some(id), payload)
 //! ```
 //!
 //! The Django Channels pub/sub layer brings its own wire (`crate::channels::pubsub`).
 
+use std::collections::BTreeSet;
+
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::warn;
 
-use crate::broker::id::StreamId;
+use super::id::StreamId;
+use crate::hub::Hub;
 use crate::metrics::{DropReason, Metrics};
 
 /// Maps groups to Redis channels and payloads to text frames.
@@ -35,6 +39,25 @@ pub trait Wire: Send + Sync + 'static {
         metrics: &Metrics,
     ) -> Option<(Option<StreamId>, Utf8Bytes)> {
         self.frame(group, payload, metrics).map(|f| (None, f))
+    }
+}
+
+/// The groups a link speaking `wire` should be subscribed to: those with local clients that it
+/// serves.
+pub fn wanted(wire: &dyn Wire, hub: &Hub) -> BTreeSet<String> {
+    hub.wanted()
+        .into_iter()
+        .filter(|g| wire.serves(g))
+        .collect()
+}
+
+/// One message of `channel` to the hub, when it is a group's and decodes.
+pub fn deliver(wire: &dyn Wire, hub: &Hub, metrics: &Metrics, channel: &str, payload: &[u8]) {
+    let Some(group) = wire.group(channel) else {
+        return;
+    };
+    if let Some((id, frame)) = wire.event(group, payload, metrics) {
+        hub.publish_event(group, id, frame);
     }
 }
 

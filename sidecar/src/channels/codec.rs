@@ -24,7 +24,7 @@ use rmpv::Value;
 use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{MessageMode, Secret};
+use super::settings::{MessageMode, Secret};
 use crate::metrics::DropReason;
 
 /// Internal key channels_redis adds to say which local channels a message is for.

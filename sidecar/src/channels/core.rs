@@ -2,11 +2,12 @@
 //! groups its clients need and drains its own inbox.
 //!
 //! ```text
-//!             [membership]                                   [drain]
+//!             [membership: this file's link]                 [inbox: super::drain's link]
 //! hub.changed -> ZADD/ZREM <p>:group:<g> specific.<id>!<g>    BZPOPMIN <p>specific.<id>! (1 conn)
 //! every 2s    -> EXPIRE <p>:taskstream:alive:<id> per shard   then ZPOPMIN up to capacity
 //!                (gone = FLUSHALL/restart: re-join that shard)   -> decode -> __asgi_channel__
 //! every group_expiry/4 -> re-ZADD every group (fresh score)      -> specific.<id>!<g> -> hub.publish(g)
+//!       both run on the broker's link driver (connect, backoff, up/down, reconnect)
 //! ```
 //!
 //! Naming: `group_send` reads a group's members and pushes one message per member's inbox key
@@ -21,29 +22,31 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
+use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::codec::Codec;
-use super::{ChannelsConfig, consistent_hash};
-use crate::backoff::Backoff;
+use super::drain::Drain;
+use super::hash::consistent_hash;
+use super::settings::ChannelsConfig;
+use crate::broker::error::LinkError;
+use crate::broker::link::{self, Context, Link, Wake};
+use crate::broker::redact::redacted;
+use crate::broker::timeouts::COMMAND_TIMEOUT;
 use crate::error::ConfigError;
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::redis::redacted;
 
 /// How often each shard is checked for a lost membership (FLUSHALL, restart without data).
 const CHECK_EVERY: Duration = Duration::from_secs(2);
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
-/// BZPOPMIN blocks this long, then loops (so a dead peer is noticed).
-const BLOCK: Duration = Duration::from_secs(2);
-/// channels_redis puts this many random bytes before each core-layer message.
-const RANDOM_PREFIX: usize = 12;
 
-/// The core layer source.
+/// The core layer source: the membership link (this process's groups, on every shard).
 pub struct Core {
     shards: Vec<Shard>,
+    /// Every shard, for logs.
+    display: String,
     prefix: String,
     /// `specific.<id>!`: the process's channel prefix; members are this + group.
     client: String,
@@ -86,6 +89,11 @@ impl Core {
             inbox: format!("{}{client}", config.prefix),
             inbox_shard: consistent_hash(&client, shards.len()),
             alive: format!("{}:taskstream:alive:{id}", config.prefix),
+            display: shards
+                .iter()
+                .map(|s| s.display.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             shards,
             prefix: config.prefix.clone(),
             client,
@@ -96,7 +104,7 @@ impl Core {
         })
     }
 
-    /// Runs membership and drain until `shutdown`, then leaves every group.
+    /// Runs membership and the inbox drain until `shutdown`, then leaves every group.
     pub async fn run(
         self,
         hub: Arc<Hub>,
@@ -105,9 +113,25 @@ impl Core {
         shutdown: CancellationToken,
     ) {
         info!(inbox = %self.inbox, shards = self.shards.len(), "django channels core layer: joining groups as one process");
+        let cx = Context {
+            hub,
+            health,
+            metrics,
+        };
+        let inbox = &self.shards[self.inbox_shard];
+        let drain = Drain::new(
+            inbox.client.clone(),
+            inbox.display.clone(),
+            self.inbox.clone(),
+            self.client.clone(),
+            self.capacity,
+            self.ttl_secs,
+            self.codec.clone(),
+            cx.clone(),
+        );
         tokio::join!(
-            self.membership(&hub, &health, &metrics, &shutdown),
-            self.drain(&hub, &metrics, &shutdown),
+            link::drive(self, cx.clone(), shutdown.clone()),
+            link::drive(drain, cx, shutdown),
         );
     }
 
@@ -128,311 +152,53 @@ impl Core {
         (self.group_expiry / 4).min(Duration::from_secs(600))
     }
 
-    async fn connect(
-        &self,
-        shard: usize,
-        response: Duration,
-    ) -> Result<MultiplexedConnection, String> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_response_timeout(Some(response));
-        self.shards[shard]
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| format!("{}: connect: {e}", self.shards[shard].display))
-    }
-
-    // ---- membership -------------------------------------------------------------------------
-
-    async fn membership(
-        &self,
-        hub: &Hub,
-        health: &Health,
-        metrics: &Metrics,
-        shutdown: &CancellationToken,
-    ) {
-        let mut backoff = Backoff::default();
-        let mut connected_once = false;
-        loop {
-            let mut conns = Vec::with_capacity(self.shards.len());
-            let mut failed = None;
-            for i in 0..self.shards.len() {
-                let attempt = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    c = self.connect(i, COMMAND_TIMEOUT) => c,
-                };
-                match attempt {
-                    Ok(c) => conns.push(c),
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-            }
-            if let Some(e) = failed {
-                warn!(error = %e, retry_in = ?backoff.current(), "redis connect failed; clients stay connected, retrying");
-                if !backoff.wait(shutdown).await {
-                    return;
-                }
-                continue;
-            }
-            if connected_once {
-                metrics.redis_reconnects.inc();
-            }
-            connected_once = true;
-            backoff.reset();
-            let mut session = Membership {
-                core: self,
-                hub,
-                conns,
-                joined: BTreeSet::new(),
-            };
-            let ended = session.serve(health, metrics, shutdown).await;
-            health.set_broker_up(false);
-            metrics.broker_up.set(0);
-            hub.unconfirm_all();
-            match ended {
-                Err(why) => {
-                    warn!(error = %why, "redis connection lost; clients stay connected, re-joining groups on reconnect");
-                    if !backoff.wait(shutdown).await {
-                        return;
-                    }
-                }
-                Ok(()) => {
-                    session.leave_all().await;
-                    return;
-                }
-            }
-        }
-    }
-
-    // ---- drain ------------------------------------------------------------------------------
-
-    async fn drain(&self, hub: &Hub, metrics: &Metrics, shutdown: &CancellationToken) {
-        let mut backoff = Backoff::default();
-        let mut near_capacity_warned = false;
-        loop {
-            let attempt = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                c = self.connect(self.inbox_shard, BLOCK + COMMAND_TIMEOUT) => c,
-            };
-            let mut conn = match attempt {
-                Ok(c) => c,
-                Err(e) => {
-                    debug!(error = %e, "inbox connection failed; retrying");
-                    if !backoff.wait(shutdown).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            backoff.reset();
-            loop {
-                let popped = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    r = self.pop(&mut conn) => r,
-                };
-                match popped {
-                    Ok(batch) => {
-                        // A batch close to capacity means senders may be dropping messages.
-                        let near = batch.len() * 4 >= self.capacity * 3;
-                        if near && !near_capacity_warned {
-                            warn!(
-                                queued = batch.len(),
-                                capacity = self.capacity,
-                                "inbox near --channels-capacity: senders drop messages past it"
-                            );
-                        }
-                        near_capacity_warned = near;
-                        for raw in batch {
-                            self.deliver(&raw, hub, metrics);
-                        }
-                    }
-                    Err(e) => {
-                        debug!(error = %e, "inbox connection lost; reconnecting");
-                        if !backoff.wait(shutdown).await {
-                            return;
-                        }
-                        break;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Waits for the next message, then takes what else is queued (up to capacity), oldest first.
-    async fn pop(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<Vec<Vec<u8>>> {
-        let first: Option<(Vec<u8>, Vec<u8>, Vec<u8>)> = redis::cmd("BZPOPMIN")
-            .arg(&self.inbox)
-            .arg(BLOCK.as_secs_f64())
-            .query_async(conn)
-            .await?;
-        let Some((_, member, _)) = first else {
-            return Ok(Vec::new());
-        };
-        // ZPOPMIN answers member, score, member, score, ...
-        let rest: Vec<Vec<u8>> = redis::cmd("ZPOPMIN")
-            .arg(&self.inbox)
-            .arg(self.capacity)
-            .query_async(conn)
-            .await?;
-        let mut batch = Vec::with_capacity(1 + rest.len() / 2);
-        batch.push(member);
-        batch.extend(rest.into_iter().step_by(2));
-        Ok(batch)
-    }
-
-    fn deliver(&self, raw: &[u8], hub: &Hub, metrics: &Metrics) {
-        let decoded = match self.codec.decode(raw, RANDOM_PREFIX, Some(self.ttl_secs)) {
-            Ok(d) => d,
-            Err(e) => {
-                metrics.events_received.inc();
-                metrics.dropped(e.reason());
-                warn!(bytes = raw.len(), error = %e, "dropped a channels message");
-                return;
-            }
-        };
-        let groups: BTreeSet<&str> = decoded
-            .channels
+    fn groups_on(&self, joined: &BTreeSet<String>, shard: usize) -> Vec<String> {
+        joined
             .iter()
-            .filter_map(|c| c.strip_prefix(self.client.as_str()))
-            .collect();
-        if groups.is_empty() {
-            metrics.events_received.inc();
-            metrics.dropped(crate::metrics::DropReason::Malformed);
-            warn!(channels = ?decoded.channels, "dropped a channels message not addressed to a group member of this process");
-        }
-        for g in groups {
-            hub.publish(g, &decoded.payload);
-        }
-    }
-}
-
-/// One connected membership session (a connection per shard).
-struct Membership<'a> {
-    core: &'a Core,
-    hub: &'a Hub,
-    conns: Vec<MultiplexedConnection>,
-    /// Groups whose member is in Redis (as far as we know).
-    joined: BTreeSet<String>,
-}
-
-impl Membership<'_> {
-    /// Ok on shutdown, Err when a connection failed.
-    async fn serve(
-        &mut self,
-        health: &Health,
-        metrics: &Metrics,
-        shutdown: &CancellationToken,
-    ) -> Result<(), String> {
-        for shard in 0..self.conns.len() {
-            self.mark_alive(shard).await?;
-        }
-        self.reconcile().await?;
-        info!(groups = self.joined.len(), "redis: channels groups joined");
-        health.set_broker_up(true);
-        metrics.broker_up.set(1);
-        let mut check = tokio::time::interval(CHECK_EVERY);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        check.reset();
-        let mut refresh = tokio::time::interval(self.core.refresh_every());
-        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        refresh.reset();
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = self.hub.changed().notified() => self.reconcile().await?,
-                _ = check.tick() => {
-                    for shard in 0..self.conns.len() {
-                        if !self.still_alive(shard).await? {
-                            let groups = self.groups_on(shard);
-                            warn!(shard = %self.core.shards[shard].display, groups = groups.len(), "our channels group memberships vanished (FLUSHALL or a restart without data); re-joining");
-                            self.add(&groups).await?;
-                            self.mark_alive(shard).await?;
-                        }
-                    }
-                }
-                _ = refresh.tick() => {
-                    let all: Vec<String> = self.joined.iter().cloned().collect();
-                    self.add(&all).await?;
-                    debug!(groups = all.len(), "channels group memberships refreshed");
-                }
-            }
-        }
-    }
-
-    fn groups_on(&self, shard: usize) -> Vec<String> {
-        self.joined
-            .iter()
-            .filter(|g| self.core.shard_of(g) == shard)
+            .filter(|g| self.shard_of(g) == shard)
             .cloned()
             .collect()
     }
 
-    /// Brings our group memberships in line with the groups that have local clients.
-    async fn reconcile(&mut self) -> Result<(), String> {
-        for _ in 0..16 {
-            let wanted: BTreeSet<String> = self.hub.wanted().into_iter().collect();
-            let add: Vec<String> = wanted.difference(&self.joined).cloned().collect();
-            let remove: Vec<String> = self.joined.difference(&wanted).cloned().collect();
-            if !add.is_empty() {
-                self.add(&add).await?;
-                debug!(groups = ?add, "joined channels groups");
-                self.joined.extend(add);
-            }
-            if !remove.is_empty() {
-                self.remove(&remove).await?;
-                debug!(groups = ?remove, "left channels groups");
-                for g in &remove {
-                    self.joined.remove(g);
-                }
-            }
-            self.hub
-                .set_confirmed(self.joined.iter().map(String::as_str), true);
-            if self
-                .hub
-                .wanted()
-                .into_iter()
-                .eq(self.joined.iter().cloned())
-            {
-                break;
-            }
-        }
-        Ok(())
-    }
-
     /// `group_add` for each group: ZADD (score now) and EXPIRE group_expiry, as channels_redis does.
-    async fn add(&mut self, groups: &[String]) -> Result<(), String> {
+    async fn add(
+        &self,
+        conns: &mut [MultiplexedConnection],
+        groups: &[String],
+    ) -> Result<(), LinkError> {
         let now = now_secs();
-        let expiry = self.core.group_expiry.as_secs().max(1);
+        let expiry = self.group_expiry.as_secs().max(1);
         for (shard, groups) in self.by_shard(groups) {
             let mut pipe = redis::pipe();
             for g in groups {
-                let key = self.core.group_key(g);
+                let key = self.group_key(g);
                 pipe.cmd("ZADD")
                     .arg(&key)
                     .arg(now)
-                    .arg(self.core.member(g))
+                    .arg(self.member(g))
                     .ignore();
                 pipe.cmd("EXPIRE").arg(&key).arg(expiry).ignore();
             }
-            self.run(shard, &pipe, "ZADD").await?;
+            self.pipeline(conns, shard, &pipe, "ZADD").await?;
         }
         Ok(())
     }
 
     /// `group_discard` for each group.
-    async fn remove(&mut self, groups: &[String]) -> Result<(), String> {
+    async fn remove(
+        &self,
+        conns: &mut [MultiplexedConnection],
+        groups: &[String],
+    ) -> Result<(), LinkError> {
         for (shard, groups) in self.by_shard(groups) {
             let mut pipe = redis::pipe();
             for g in groups {
                 pipe.cmd("ZREM")
-                    .arg(self.core.group_key(g))
-                    .arg(self.core.member(g))
+                    .arg(self.group_key(g))
+                    .arg(self.member(g))
                     .ignore();
             }
-            self.run(shard, &pipe, "ZREM").await?;
+            self.pipeline(conns, shard, &pipe, "ZREM").await?;
         }
         Ok(())
     }
@@ -440,59 +206,176 @@ impl Membership<'_> {
     fn by_shard<'g>(&self, groups: &'g [String]) -> BTreeMap<usize, Vec<&'g String>> {
         let mut m: BTreeMap<usize, Vec<&String>> = BTreeMap::new();
         for g in groups {
-            m.entry(self.core.shard_of(g)).or_default().push(g);
+            m.entry(self.shard_of(g)).or_default().push(g);
         }
         m
     }
 
-    async fn run(
-        &mut self,
+    async fn pipeline(
+        &self,
+        conns: &mut [MultiplexedConnection],
         shard: usize,
         pipe: &redis::Pipeline,
-        what: &str,
-    ) -> Result<(), String> {
-        pipe.query_async::<()>(&mut self.conns[shard])
+        what: &'static str,
+    ) -> Result<(), LinkError> {
+        pipe.query_async::<()>(&mut conns[shard])
             .await
-            .map_err(|e| format!("{}: {what}: {e}", self.core.shards[shard].display))
+            .map_err(|source| {
+                LinkError::Command {
+                    what: what.into(),
+                    source,
+                }
+                .on(&self.shards[shard].display)
+            })
     }
 
     /// Marks the shard as holding our memberships (the marker expires if we die).
-    async fn mark_alive(&mut self, shard: usize) -> Result<(), String> {
+    async fn mark_alive(
+        &self,
+        conns: &mut [MultiplexedConnection],
+        shard: usize,
+    ) -> Result<(), LinkError> {
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
-            .arg(&self.core.alive)
+            .arg(&self.alive)
             .arg(1)
             .arg("EX")
             .arg(alive_ttl())
             .ignore();
-        self.run(shard, &pipe, "SET alive marker").await
+        self.pipeline(conns, shard, &pipe, "SET alive marker").await
     }
 
     /// Extends the marker; false when it is gone (the shard lost our memberships).
-    async fn still_alive(&mut self, shard: usize) -> Result<bool, String> {
+    async fn still_alive(
+        &self,
+        conns: &mut [MultiplexedConnection],
+        shard: usize,
+    ) -> Result<bool, LinkError> {
         redis::cmd("EXPIRE")
-            .arg(&self.core.alive)
+            .arg(&self.alive)
             .arg(alive_ttl())
-            .query_async::<bool>(&mut self.conns[shard])
+            .query_async::<bool>(&mut conns[shard])
             .await
-            .map_err(|e| format!("{}: EXPIRE: {e}", self.core.shards[shard].display))
+            .map_err(|source| {
+                LinkError::Command {
+                    what: "EXPIRE".into(),
+                    source,
+                }
+                .on(&self.shards[shard].display)
+            })
+    }
+}
+
+/// A connection per shard, and the timer of the periodic re-join.
+pub struct Members {
+    conns: Vec<MultiplexedConnection>,
+    refresh: Interval,
+}
+
+impl Link for Core {
+    type Conn = Members;
+    /// The refresh timer fired.
+    type Event = ();
+
+    const KIND: &'static str = "redis (channels core layer)";
+    const JOINED: &'static str = "groups joined";
+    // Senders queue into our inbox while we are away: nothing to catch up.
+    const DROPS_WHILE_DOWN: bool = false;
+    const KEEP_ALIVE: Option<Duration> = Some(CHECK_EVERY);
+
+    fn display(&self) -> &str {
+        &self.display
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        // A connection and a marker per shard, one after the other.
+        COMMAND_TIMEOUT * 2 * self.shards.len().max(1) as u32
+    }
+
+    fn wake(&self) -> Wake {
+        Wake::Hub
+    }
+
+    fn wanted(&self, hub: &Hub) -> BTreeSet<String> {
+        hub.wanted().into_iter().collect()
+    }
+
+    async fn connect(&mut self) -> Result<Members, LinkError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT));
+        let mut conns = Vec::with_capacity(self.shards.len());
+        for shard in &self.shards {
+            let conn = shard
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .map_err(|source| LinkError::Connect { source }.on(&shard.display))?;
+            conns.push(conn);
+        }
+        for shard in 0..conns.len() {
+            self.mark_alive(&mut conns, shard).await?;
+        }
+        let mut refresh = tokio::time::interval(self.refresh_every());
+        refresh.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        refresh.reset();
+        Ok(Members { conns, refresh })
+    }
+
+    async fn join(&mut self, m: &mut Members, groups: &[String]) -> Result<(), LinkError> {
+        self.add(&mut m.conns, groups).await
+    }
+
+    async fn leave(&mut self, m: &mut Members, groups: &[String]) -> Result<(), LinkError> {
+        self.remove(&mut m.conns, groups).await
+    }
+
+    async fn next(&mut self, m: &mut Members) {
+        m.refresh.tick().await;
+    }
+
+    async fn handle(
+        &mut self,
+        m: &mut Members,
+        joined: &BTreeSet<String>,
+        (): (),
+    ) -> Result<(), LinkError> {
+        let all: Vec<String> = joined.iter().cloned().collect();
+        self.add(&mut m.conns, &all).await?;
+        debug!(groups = all.len(), "channels group memberships refreshed");
+        Ok(())
+    }
+
+    async fn keep_alive(
+        &mut self,
+        m: &mut Members,
+        joined: &BTreeSet<String>,
+    ) -> Result<(), LinkError> {
+        for shard in 0..m.conns.len() {
+            if !self.still_alive(&mut m.conns, shard).await? {
+                let groups = self.groups_on(joined, shard);
+                warn!(shard = %self.shards[shard].display, groups = groups.len(), "our channels group memberships vanished (FLUSHALL or a restart without data); re-joining");
+                self.add(&mut m.conns, &groups).await?;
+                self.mark_alive(&mut m.conns, shard).await?;
+            }
+        }
+        Ok(())
     }
 
     /// On shutdown: leave every group and drop the inbox, so senders stop queuing for us.
-    async fn leave_all(&mut self) {
-        let all: Vec<String> = self.joined.iter().cloned().collect();
-        let inbox_shard = self.core.inbox_shard;
+    async fn close(&mut self, mut m: Members, joined: &BTreeSet<String>) {
+        let all: Vec<String> = joined.iter().cloned().collect();
         let leave = async {
-            self.remove(&all).await?;
-            for shard in 0..self.conns.len() {
+            self.remove(&mut m.conns, &all).await?;
+            for shard in 0..m.conns.len() {
                 let mut pipe = redis::pipe();
-                pipe.cmd("DEL").arg(&self.core.alive).ignore();
-                if shard == inbox_shard {
-                    pipe.cmd("DEL").arg(&self.core.inbox).ignore();
+                pipe.cmd("DEL").arg(&self.alive).ignore();
+                if shard == self.inbox_shard {
+                    pipe.cmd("DEL").arg(&self.inbox).ignore();
                 }
-                self.run(shard, &pipe, "DEL").await?;
+                self.pipeline(&mut m.conns, shard, &pipe, "DEL").await?;
             }
-            Ok::<_, String>(())
+            Ok::<_, LinkError>(())
         };
         match tokio::time::timeout(Duration::from_secs(2), leave).await {
             Ok(Ok(())) => info!(groups = all.len(), "left channels groups"),

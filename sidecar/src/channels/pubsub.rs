@@ -6,8 +6,8 @@
 //! the hub's groups change:
 //!
 //! ```text
-//! hub.changed --[waker]--> Notify(shard 0) -> RedisBroker(host 0, wire: groups of shard 0)
-//!                      \-> Notify(shard 1) -> RedisBroker(host 1, wire: groups of shard 1)
+//! hub.changed --[waker]--> Notify(shard 0) -> RedisBroker(host 0, wire: groups of shard 0) -> link driver
+//!                      \-> Notify(shard 1) -> RedisBroker(host 1, wire: groups of shard 1) -> link driver
 //! ```
 
 use std::sync::Arc;
@@ -19,13 +19,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::codec::Codec;
-use super::{ChannelsConfig, consistent_hash};
+use super::hash::consistent_hash;
+use super::settings::ChannelsConfig;
 use crate::broker::endpoint::Endpoint;
+use crate::broker::redact::redacted;
+use crate::broker::redis::RedisBroker;
+use crate::broker::wire::Wire;
 use crate::error::ConfigError;
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::redis::{RedisBroker, Wire, redacted};
 
 /// The pub/sub layer's naming and payloads, for one shard of `shards`.
 pub struct PubsubWire {

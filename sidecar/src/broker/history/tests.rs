@@ -1,6 +1,12 @@
+//! The resume decision on every kind of snapshot, and the memory ring against it.
+
 use std::time::Duration;
 
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
 use super::*;
+use crate::broker::id::StreamId;
+use crate::hub::Hub;
 use crate::metrics::Metrics;
 
 fn id(s: &str) -> StreamId {
@@ -68,7 +74,9 @@ async fn memory_ring_trims_expires_and_hands_events_to_the_hub() {
     let mut issued = Vec::new();
     for n in 0..5 {
         // All in one millisecond of the wall clock: ids 1000-0 .. 1000-4.
-        let (i, receivers) = h.publish_at(1000, &hub, "g", format!("e{n}").into());
+        let (i, receivers) = h.publish_at(1000, "g", format!("e{n}").into(), |id, p| {
+            hub.publish_event("g", Some(id), p)
+        });
         assert_eq!(receivers, 1);
         issued.push(i);
     }
@@ -90,7 +98,9 @@ async fn memory_ring_trims_expires_and_hands_events_to_the_hub() {
     assert_eq!(from(issued[4]), Recovery::Reset(ResetReason::Expired));
     // A new lifetime: ids from the old one read as lost, never as "nothing missed"...
     // (still in the same millisecond: 1000-5, right after the old lifetime's last id)
-    let (fresh, _) = h.publish_at(1000, &hub, "g", "new".into());
+    let (fresh, _) = h.publish_at(1000, "g", "new".into(), |id, p| {
+        hub.publish_event("g", Some(id), p)
+    });
     assert_eq!(fresh, id("1000-5"));
     assert_eq!(from(issued[3]), Recovery::Reset(ResetReason::Trimmed));
     // ...except the very last one, which nothing followed (its id is the fresh one's predecessor).
@@ -99,7 +109,9 @@ async fn memory_ring_trims_expires_and_hands_events_to_the_hub() {
     // A lifetime starting a millisecond later: the gap could have held expired events, so even
     // the old lifetime's last id reads as lost.
     tokio::time::advance(Duration::from_secs(61)).await;
-    let (later, _) = h.publish_at(1001, &hub, "g", "later".into());
+    let (later, _) = h.publish_at(1001, "g", "later".into(), |id, p| {
+        hub.publish_event("g", Some(id), p)
+    });
     assert_eq!(later, id("1001-0"));
     assert_eq!(from(fresh), Recovery::Reset(ResetReason::Trimmed));
     assert_eq!(ids(&from(later)), Vec::<String>::new());

@@ -1,37 +1,20 @@
-//! Drop-in for Django Channels: the sidecar speaks the two `channels_redis` 4.x wire protocols,
-//! so an app's unmodified `group_send(group, {"type": ..., "data": ...})` reaches browsers.
+//! The Django Channels flags (`--channels-*`, flattened into [`crate::config::Args`]) and their
+//! validated form, [`ChannelsConfig`], which every Channels room reads.
 //!
 //! ```text
-//!  group_send (Celery task, view)            sidecar (one process)
-//!  ------------------------------            -----------------------------------------------
-//!  RedisChannelLayer:                        [core]   ZADD <p>:group:<g> specific.<id>!<g>
-//!    ZADD <p>specific.<id>! <12 rnd><msg>    [drain]  BZPOPMIN <p>specific.<id>! --+
-//!  RedisPubSubChannelLayer:                                                       +--> [codec] -> hub.publish(g)
-//!    PUBLISH <p>__group__<g> <msg>           [redis]  SUBSCRIBE (per shard) -------+
+//! --redis-protocol channels | channels-pubsub + --channels-* --ChannelsArgs::validate--> ChannelsConfig
+//!   --> channels::spawn (core layer: membership + inbox links; pub/sub layer: one link per host)
 //! ```
-//!
-//! - [`codec`]: optional Fernet decryption, msgpack decoding, and the msgpack -> JSON rule.
-//! - [`core`]: membership in the groups local clients need, and draining the process's inbox.
-//! - [`pubsub`]: a [`crate::redis::Wire`] for the pub/sub layer, run by the plain Redis source.
-//!
-//! Sharding over `--channels-hosts` is the same as channels_redis (`_consistent_hash`).
 
-pub mod codec;
-pub mod core;
-pub mod pubsub;
-
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-use crate::config::{RedisProtocol, parse_duration};
+use crate::broker::options::{Connect, RedisProtocol};
+use crate::broker::redact::redacted;
+use crate::broker::tls::Tls;
+use crate::duration::parse_duration;
 use crate::error::ConfigError;
-use crate::health::Health;
-use crate::hub::Hub;
-use crate::metrics::Metrics;
 
 /// What a browser receives for one channels message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -124,7 +107,7 @@ pub struct ChannelsConfig {
     pub group_expiry: Duration,
     pub hosts: Vec<Secret>,
     /// TLS for `rediss://` hosts.
-    pub tls: crate::broker::tls::Tls,
+    pub tls: Tls,
     pub keys: Vec<Secret>,
     pub message: MessageMode,
 }
@@ -136,7 +119,7 @@ impl ChannelsArgs {
         self,
         protocol: RedisProtocol,
         redis_url: &str,
-        connect: &crate::broker::options::Connect,
+        connect: &Connect,
     ) -> Result<ChannelsConfig, ConfigError> {
         let layer = match protocol {
             RedisProtocol::Channels => Layer::Core,
@@ -152,10 +135,7 @@ impl ChannelsArgs {
         };
         for h in &hosts {
             connect.tls.client(h.as_str()).map_err(|e| {
-                ConfigError::new(
-                    "--channels-hosts",
-                    format!("{}: {e}", crate::redis::redacted(h)),
-                )
+                ConfigError::new("--channels-hosts", format!("{}: {e}", redacted(h)))
             })?;
         }
         if self.channels_capacity == 0 {
@@ -186,77 +166,5 @@ impl ChannelsArgs {
             keys,
             message: self.channels_message,
         })
-    }
-}
-
-/// Starts the source for `config`; it runs until `shutdown`.
-pub fn spawn(
-    config: ChannelsConfig,
-    hub: Arc<Hub>,
-    health: Arc<Health>,
-    metrics: Metrics,
-    shutdown: CancellationToken,
-) -> Result<JoinHandle<()>, ConfigError> {
-    let codec = Arc::new(codec::Codec::new(&config.keys, config.message));
-    match config.layer {
-        Layer::Core => {
-            let core = core::Core::new(&config, codec)?;
-            Ok(tokio::spawn(core.run(hub, health, metrics, shutdown)))
-        }
-        Layer::Pubsub => pubsub::spawn(&config, codec, hub, health, metrics, shutdown),
-    }
-}
-
-/// channels_redis `_consistent_hash`: CRC-32 of the name, top 12 bits of the ring, then scaled
-/// down to one of `ring_size` hosts.
-pub fn consistent_hash(value: &str, ring_size: usize) -> usize {
-    if ring_size <= 1 {
-        return 0;
-    }
-    let bigval = (crc32(value.as_bytes()) & 0xFFF) as f64;
-    let ring_divisor = 4096.0 / ring_size as f64;
-    ((bigval / ring_divisor) as usize).min(ring_size - 1)
-}
-
-/// CRC-32 (IEEE, as Python's `binascii.crc32`); only hashed on joins, so bitwise is enough.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn crc32_matches_binascii() {
-        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
-        assert_eq!(crc32(b""), 0);
-    }
-
-    #[test]
-    fn consistent_hash_matches_channels_redis() {
-        // Values from channels_redis.utils._consistent_hash computed with Python.
-        assert_eq!(consistent_hash("anything", 1), 0);
-        for (value, ring, want) in [
-            ("user_42_tasks", 2, 1),
-            ("user_42_tasks", 3, 1),
-            ("g1", 2, 1),
-            ("g1", 3, 2),
-            ("asgi__group__g1", 2, 0),
-            ("specific.0123456789abcdef0123456789abcdef!", 3, 1),
-        ] {
-            assert_eq!(consistent_hash(value, ring), want, "{value} over {ring}");
-        }
     }
 }

@@ -8,27 +8,36 @@
 //! session resume        --> [Broker]::recover --> ring / EVAL read.lua --> events or a reset
 //! ```
 //!
-//! One file per concern:
+//! One file per concern, each importing only rooms below it (never this file):
+//! - [`redis`]: the Redis source (one server or the Sentinel master) and the publisher handle.
+//! - [`cluster`]: Redis Cluster subscriptions (classic and sharded) that follow resharding.
+//! - [`link`]: the link driver (connect, backoff, keep-alive, up/down, catch-up) every source
+//!   runs on, over the [`link::Link`] trait; [`error`]: what failed on a link.
 //! - [`history`], [`id`]: event history per group and its ids (resume, reset).
-//! - [`options`]: the TLS / Sentinel / Cluster flags and their validation.
+//! - [`options`]: the TLS / Sentinel / Cluster flags, the wire protocol, their validation.
 //! - [`tls`]: CA bundle, client certificate, insecure mode (rustls through redis-rs).
 //! - [`endpoint`]: one server, the Sentinel master, or a Cluster, as the source connects to it.
 //! - [`sentinel`]: asking the sentinels for the master, and the `+switch-master` watcher.
-//! - [`cluster`]: Redis Cluster subscriptions (classic and sharded) that follow resharding.
 //! - [`commands`]: a connection for ordinary commands that follows the deployment.
 //! - [`subscriber`]: the subscription connection to one server (RESP3 pushes, RESP2 fallback).
 //! - [`inbox`]: received messages waiting for the hub, bounded (RESP3 and Cluster).
 //! - [`wire`]: groups to channels and payloads to frames (the history envelope included).
+//! - [`timeouts`], [`redact`]: the shared timeouts and the URL redaction for logs.
 
 pub mod cluster;
 pub mod commands;
 pub mod endpoint;
+pub mod error;
 pub mod history;
 pub mod id;
 pub mod inbox;
+pub mod link;
 pub mod options;
+pub mod redact;
+pub mod redis;
 pub mod sentinel;
 pub mod subscriber;
+pub mod timeouts;
 pub mod tls;
 pub mod wire;
 
@@ -40,11 +49,11 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::warn;
 
+use self::history::{HistoryConfig, MemoryHistory, Recovery, ResetReason};
+use self::id::StreamId;
+use self::redis::RedisBroker;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::redis::RedisBroker;
-use history::{HistoryConfig, MemoryHistory, Recovery, ResetReason};
-use id::StreamId;
 
 /// History reads in flight at once per sidecar: a reconnect storm queues here instead of
 /// flooding Redis, and other clients' live events never wait for it.
@@ -75,7 +84,7 @@ pub enum PublishError {
     #[error("payload begins with the byte 0x1E, which is reserved for the history envelope")]
     Reserved,
     #[error("redis publish: {0}")]
-    Redis(#[source] redis::RedisError),
+    Redis(#[source] ::redis::RedisError),
 }
 
 /// The answer to a publish.
@@ -137,7 +146,9 @@ impl Broker {
                 hub,
                 history: Some(ring),
             } => {
-                let (id, receivers) = ring.publish(hub, group, text);
+                let (id, receivers) = ring.publish(group, text, |id, text| {
+                    hub.publish_event(group, Some(id), text)
+                });
                 Ok(Published {
                     receivers: Some(receivers),
                     id: Some(id),
