@@ -1,15 +1,16 @@
-//! The e2e step of the examples: every object of every `examples/*.yaml` is applied (server-side,
-//! dry run, `fieldValidation=Strict`) as `kubectl apply --server-side --dry-run=server
-//! --validate=strict` would: an unknown field anywhere, a CEL rule or a range refuses it. The
-//! old misspelt autoscaling field must be refused, so the check is known to bite.
+//! The e2e step of the examples: every object of every `examples/*.yaml` is sent to the API
+//! server twice, dry run with `fieldValidation=Strict`: server-side applied (`kubectl apply
+//! --server-side --dry-run=server`) and created (`kubectl apply` / `kubectl create`). An
+//! unknown field anywhere, a CEL rule or a range refuses it. The old misspelt autoscaling field
+//! must be refused both ways, so the check is known to bite.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{self, Scope};
+use kube::{Client, Resource};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -27,8 +28,16 @@ fn examples() -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// Server-side apply of `doc` in `ns`, dry run, strict field validation.
-async fn dry_run_apply(client: &Client, ns: &str, doc: &Value) -> Result<()> {
+/// How an object reaches the API server: `kubectl apply --server-side` or a plain create
+/// (`kubectl apply` / `kubectl create`), both as dry runs with strict field validation.
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    ServerSideApply,
+    Create,
+}
+
+/// `doc` sent to the API server in `ns` `via`, dry run, strict field validation.
+async fn dry_run(client: &Client, ns: &str, doc: &Value, via: Via) -> Result<()> {
     let api_version = doc["apiVersion"].as_str().unwrap_or_default();
     let kind = doc["kind"].as_str().unwrap_or_default();
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
@@ -43,14 +52,30 @@ async fn dry_run_apply(client: &Client, ns: &str, doc: &Value) -> Result<()> {
     let name = doc["metadata"]["name"]
         .as_str()
         .ok_or_else(|| anyhow!("{kind} without metadata.name"))?;
-    let params = PatchParams::apply(USER)
-        .force()
-        .dry_run()
-        .validation_strict();
-    api.patch(name, &params, &Patch::Apply(doc))
-        .await
+    let result = match via {
+        Via::ServerSideApply => {
+            let params = PatchParams::apply(USER)
+                .force()
+                .dry_run()
+                .validation_strict();
+            api.patch(name, &params, &Patch::Apply(doc)).await
+        }
+        Via::Create => {
+            // kube's PostParams has no fieldValidation: the request is built by hand.
+            let namespace = matches!(caps.scope, Scope::Namespaced).then_some(ns);
+            let uri = format!(
+                "{}?dryRun=All&fieldValidation=Strict&fieldManager={USER}",
+                DynamicObject::url_path(&resource, namespace)
+            );
+            let request = http::Request::post(uri)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(serde_json::to_vec(doc)?)?;
+            client.request::<DynamicObject>(request).await
+        }
+    };
+    result
         .map(drop)
-        .map_err(|e| anyhow!("{kind} {name}: {e}"))
+        .map_err(|e| anyhow!("{kind} {name} ({via:?}): {e}"))
 }
 
 /// Every example applies; a misspelt field does not.
@@ -65,8 +90,10 @@ pub async fn scenario(client: &Client, ns: &str) -> Result<()> {
                 continue;
             }
             count += 1;
-            if let Err(e) = dry_run_apply(client, ns, &doc).await {
-                refused.push(format!("{}: {e:#}", path.display()));
+            for via in [Via::ServerSideApply, Via::Create] {
+                if let Err(e) = dry_run(client, ns, &doc, via).await {
+                    refused.push(format!("{}: {e:#}", path.display()));
+                }
             }
         }
     }
@@ -86,15 +113,20 @@ pub async fn scenario(client: &Client, ns: &str) -> Result<()> {
         "autoscaling.yaml has no targetCPUUtilizationPercentage"
     );
     let doc: Value = serde_norway::from_str(&misspelt)?;
-    match dry_run_apply(client, ns, &doc).await {
-        Ok(()) => bail!("the misspelt targetCpuUtilizationPercentage was accepted"),
-        Err(e) => {
-            let message = format!("{e:#}");
-            ensure!(
-                message.contains("unknown field")
-                    && message.contains("targetCpuUtilizationPercentage"),
-                "refused for another reason: {message}"
-            );
+    // A plain apply says "unknown field"; server-side apply "field not declared in schema".
+    for (via, says) in [
+        (Via::Create, "unknown field"),
+        (Via::ServerSideApply, "field not declared in schema"),
+    ] {
+        match dry_run(client, ns, &doc, via).await {
+            Ok(()) => bail!("{via:?}: the misspelt targetCpuUtilizationPercentage was accepted"),
+            Err(e) => {
+                let message = format!("{e:#}");
+                ensure!(
+                    message.contains(says) && message.contains("targetCpuUtilizationPercentage"),
+                    "{via:?}: refused for another reason: {message}"
+                );
+            }
         }
     }
     Ok(())
