@@ -50,6 +50,8 @@ const BACKOFF_BASE: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Resync of a healthy TaskStream; changes arrive by watch long before this.
 const RESYNC: Duration = Duration::from_secs(300);
+/// Longest `note` of an events.k8s.io/v1 Event the API server takes.
+const EVENT_NOTE_MAX_BYTES: usize = 1024;
 
 /// State shared by every reconcile.
 pub struct Context {
@@ -241,7 +243,11 @@ async fn publish_warning(ctx: &Context, ts: &TaskStream, problem: &Problem) {
     let event = Event {
         type_: EventType::Warning,
         reason: problem.reason.clone(),
-        note: Some(problem.message.clone()),
+        // The API server refuses an Event whose note passes 1 KiB: the status has it whole.
+        note: Some(crate::error::truncate(
+            problem.message.clone(),
+            EVENT_NOTE_MAX_BYTES,
+        )),
         action: "Reconcile".into(),
         secondary: None,
     };

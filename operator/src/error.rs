@@ -149,11 +149,12 @@ impl Error {
     }
 }
 
-/// Longest `Degraded` message kept (a Condition's message may hold 32 KiB; Events 1 KiB are
-/// shown whole by `kubectl describe`, the rest is in the status).
+/// Longest `Degraded` message kept: a Condition's message may hold 32 KiB, but a verbose
+/// webhook must not bloat every status read.
 const MAX_MESSAGE_BYTES: usize = 4096;
 
-fn truncate(mut s: String, max: usize) -> String {
+/// `s` cut to at most `max` bytes on a character boundary, an ellipsis marking the cut.
+pub(crate) fn truncate(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut end = max - '…'.len_utf8();
         while !s.is_char_boundary(end) {

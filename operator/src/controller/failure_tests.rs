@@ -173,3 +173,34 @@ fn classes_follow_the_api_servers_status() {
     let unreachable = kube::Error::Service("connection refused".into());
     assert_eq!(class(&unreachable), "APIServerError");
 }
+
+/// A verbose webhook: the condition keeps 4 KiB of its message, the Event (which the API server
+/// refuses past 1 KiB) 1 KiB; both cut on a character boundary.
+#[test]
+fn long_messages_are_bounded() {
+    let long = format!(
+        "admission webhook \"w\" denied the request: {}",
+        "é".repeat(5000)
+    );
+    let err = Error::Kube {
+        action: "apply",
+        kind: "Deployment",
+        namespace: "apps".into(),
+        name: "shop".into(),
+        source: Box::new(kube::Error::Api(Box::new(kube::core::Status {
+            code: 400,
+            message: long,
+            ..Default::default()
+        }))),
+    };
+    assert_eq!(err.degraded_reason(), Some("AdmissionDenied"));
+    let message = err.degraded_message();
+    assert!(
+        message.len() <= 4096 && message.len() > 4000,
+        "{}",
+        message.len()
+    );
+    assert!(message.ends_with('…'));
+    let note = crate::error::truncate(message, EVENT_NOTE_MAX_BYTES);
+    assert!(note.len() <= EVENT_NOTE_MAX_BYTES && note.len() > 1000);
+}
