@@ -134,6 +134,27 @@ spec:
         );
     }
 
+    /// `examples/autoscaling.yaml` spells the field as users (and `autoscaling/v1`) do:
+    /// `targetCPUUtilizationPercentage` reaches the HPA, it is not silently dropped.
+    #[test]
+    fn the_autoscaling_example_sets_the_cpu_target() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/autoscaling.yaml");
+        let input = std::fs::read_to_string(path).expect("example");
+        assert!(input.contains("targetCPUUtilizationPercentage: 70"));
+        let out = render(&input, path, &params(), "apps").expect("renders");
+        let hpa = serde_norway::Deserializer::from_str(&out)
+            .map(|d| Value::deserialize(d).expect("yaml"))
+            .find(|d| d["kind"] == "HorizontalPodAutoscaler")
+            .expect("an HPA");
+        assert_eq!(
+            hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+            70
+        );
+        let ts: TaskStream = serde_norway::from_str(&input).expect("taskstream");
+        let back = serde_json::to_value(&ts.spec.autoscaling).expect("json");
+        assert_eq!(back["targetCPUUtilizationPercentage"], 70);
+    }
+
     #[test]
     fn refuses_what_the_api_server_would() {
         let bad = MANIFEST.replace("{urlSecretRef: {name: redis, key: url}}", "{}");
