@@ -216,6 +216,34 @@ pub async fn gateway(client: &Client, ns: &str, crds: &mut GatewayCrds) -> Resul
     )
     .await?;
 
+    // The controller then accepts the route. Nothing else is left to trigger a reconcile (the
+    // resync is 5 min away): only the HTTPRoute watch, started once the CRDs appeared (within
+    // its 30 s discovery recheck), brings this to the TaskStream.
+    let mut accepted = refusal;
+    accepted["status"]["parents"][0]["conditions"][0] = json!({
+        "type": "Accepted", "status": "True", "reason": "Accepted", "message": "accepted",
+        "observedGeneration": route.metadata.generation.unwrap_or(1),
+        "lastTransitionTime": "2026-01-01T00:01:00Z",
+    });
+    routes
+        .patch_status(
+            "routed",
+            &PatchParams::apply("e2e-gateway-controller").force(),
+            &Patch::Apply(&accepted),
+        )
+        .await
+        .context("writing the route's acceptance")?;
+    wait_for(
+        &tss,
+        "routed",
+        "RouteAccepted=True through the HTTPRoute watch",
+        |t: Option<&TaskStream>| {
+            t.and_then(|t| ts_condition(t, "RouteAccepted"))
+                == Some(("True".into(), "Accepted".into()))
+        },
+    )
+    .await?;
+
     // Dropping spec.gateway deletes the route.
     let uid = route.uid().unwrap_or_default();
     apply_ts(&tss, "routed", base_spec()).await?;
