@@ -216,9 +216,11 @@ pub async fn gateway(client: &Client, ns: &str, crds: &mut GatewayCrds) -> Resul
     )
     .await?;
 
-    // The controller then accepts the route. Nothing else is left to trigger a reconcile (the
-    // resync is 5 min away): only the HTTPRoute watch, started once the CRDs appeared (within
-    // its 30 s discovery recheck), brings this to the TaskStream.
+    // The controller then accepts the route, and no one touches the TaskStream: the HTTPRoute
+    // watch, started once the CRDs appeared (within its 30 s discovery recheck), brings this to
+    // it (the resync is 5 min away; a retry left pending from the failures before the CRDs may
+    // come first, so this step alone does not prove the watch: the controller's mocked-API test
+    // of `gateway_watch` does).
     let mut accepted = refusal;
     accepted["status"]["parents"][0]["conditions"][0] = json!({
         "type": "Accepted", "status": "True", "reason": "Accepted", "message": "accepted",
@@ -236,7 +238,7 @@ pub async fn gateway(client: &Client, ns: &str, crds: &mut GatewayCrds) -> Resul
     wait_for(
         &tss,
         "routed",
-        "RouteAccepted=True through the HTTPRoute watch",
+        "RouteAccepted=True with no touch of the TaskStream",
         |t: Option<&TaskStream>| {
             t.and_then(|t| ts_condition(t, "RouteAccepted"))
                 == Some(("True".into(), "Accepted".into()))
