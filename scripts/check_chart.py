@@ -35,7 +35,8 @@ CHART_CRD = CHART / "files" / "crds" / "taskstream.dev_taskstreams.yaml"
 RBAC_TABLE = ROOT / "operator" / "rbac.yaml"
 GATEWAY_CRDS = ROOT / "tests" / "gateway-api" / "standard-crds-v1.5.1.yaml"
 HELM = Path(os.environ.get("HELM", ROOT / ".tools" / "bin" / "helm"))
-OPERATOR = Path(os.environ["TASKSTREAM_OPERATOR"])
+# Read when the examples are rendered, so the self-test can import this module without it.
+OPERATOR = Path(os.environ.get("TASKSTREAM_OPERATOR", ROOT / "target" / "debug" / "taskstream-operator"))
 RELEASE, RELEASE_NS = "ts", "taskstream-system"
 OLDEST = "1.29.0"
 NEWEST = kv_utils.latest_version()
@@ -78,29 +79,65 @@ def k8s_validate(doc: dict, where: str) -> None:
 # --- the CRD: one source -------------------------------------------------------------------
 
 
+# Keywords whose subschemas only add value validation in a structural schema: the API server
+# prunes (and strict field validation refuses) by the structural part alone, so no field
+# restriction is added inside them (it would refuse fields the structural part declares).
+VALUE_ONLY = ("allOf", "anyOf", "oneOf", "not")
+# Fields an `x-kubernetes-embedded-resource` object always has, declared or not.
+# Their metadata is checked by the API server as ObjectMeta, not by the CRD schema.
+EMBEDDED = {
+    "apiVersion": {"type": "string"},
+    "kind": {"type": "string"},
+    "metadata": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+}
+
+
 def strict_openapi(schema: dict) -> dict:
-    """The CRD's structural schema as JSON Schema that refuses unknown fields, like the API
-    server's field validation does (`kubectl apply --validate=strict`)."""
+    """The CRD's structural schema as JSON Schema that refuses unknown fields wherever the API
+    server's strict field validation does (`kubectl apply --validate=strict`,
+    `fieldValidation=Strict`): the API server prunes, and strict validation reports, every field
+    of an object that its schema does not declare, unless the object (not its parents) has
+    `x-kubernetes-preserve-unknown-fields: true` or is a map (`additionalProperties`). An
+    object with neither properties nor `additionalProperties` keeps no field at all; one with
+    `x-kubernetes-embedded-resource` keeps apiVersion, kind and metadata. `nullable` only adds
+    `null` to what a node accepts: a nullable object is as strict as any other."""
     s = copy.deepcopy(schema)
 
     def walk(node: object) -> None:
-        if isinstance(node, dict):
-            if node.pop("nullable", False) and "type" in node:
-                node["type"] = [node["type"], "null"]
-            if node.get("x-kubernetes-int-or-string"):
-                node.pop("type", None)
-                node.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
-            if (
-                node.get("type") == "object"
-                and "properties" in node
-                and "additionalProperties" not in node
-                and not node.get("x-kubernetes-preserve-unknown-fields")
-            ):
-                node["additionalProperties"] = False
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
+        if isinstance(node, list):
             for v in node:
+                walk(v)
+            return
+        if not isinstance(node, dict):
+            return
+        # Decide on the object rule from the node's own type, before `nullable` rewrites it.
+        kind = node.get("type")
+        if node.get("x-kubernetes-int-or-string"):
+            node.pop("type", None)
+            node.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
+            kind = None
+        if kind == "object" and node.get("x-kubernetes-embedded-resource"):
+            props = node.setdefault("properties", {})
+            for name, sub in EMBEDDED.items():
+                props.setdefault(name, copy.deepcopy(sub))
+        if (
+            kind == "object"
+            and "additionalProperties" not in node
+            and not node.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            node["additionalProperties"] = False
+        if node.pop("nullable", False):
+            if "type" in node:
+                node["type"] = [node["type"], "null"]
+            if "enum" in node and None not in node["enum"]:
+                node["enum"] = [*node["enum"], None]
+        for key, v in node.items():
+            if key in VALUE_ONLY:
+                continue
+            if key in ("properties", "patternProperties", "definitions"):
+                for sub in v.values():
+                    walk(sub)
+            elif key in ("items", "additionalProperties"):
                 walk(v)
 
     walk(s)

@@ -8,8 +8,8 @@
 //!                 mapped to referrers)
 //! ```
 //!
-//! HTTPRoutes are watched only when the API server serves them at start-up: a watch of a
-//! missing resource fails forever, and its backoff would delay every other trigger.
+//! HTTPRoutes are watched once the API server serves them, at start-up or whenever the Gateway
+//! API CRDs get installed later (`gateway_watch`): a watch of a missing resource fails forever.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::channel::oneshot;
 use gateway_api::httproutes::HttpRoute;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -39,6 +40,7 @@ use crate::resources::{self, FIELD_MANAGER, MANAGED_BY, Params};
 use crate::status::{self, Problem, Rollout, Route};
 
 mod children;
+mod gateway_watch;
 pub use children::REPLICAS_HANDOFF_MANAGER;
 use children::{apply_route, delete_stale, hand_off_replicas, parent_gateway, secret_hash, ssa};
 
@@ -48,6 +50,8 @@ const BACKOFF_BASE: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Resync of a healthy TaskStream; changes arrive by watch long before this.
 const RESYNC: Duration = Duration::from_secs(300);
+/// Longest `note` of an events.k8s.io/v1 Event the API server takes.
+const EVENT_NOTE_MAX_BYTES: usize = 1024;
 
 /// State shared by every reconcile.
 pub struct Context {
@@ -92,8 +96,11 @@ impl Context {
     }
 }
 
-/// Reconciles one TaskStream. User-fixable problems (a missing Secret, an invalid spec) are
-/// also written to the status and published as a Warning Event before the error is returned.
+/// Reconciles one TaskStream. Every failure that concerns it (a missing Secret, an invalid
+/// spec, a child the API server refuses: quota, admission, invalid, server error) is also
+/// written to the status (`Degraded=True`, `observedGeneration`) and published as a Warning
+/// Event before the error is returned for a retry with backoff; the next successful reconcile
+/// clears it.
 pub async fn reconcile(ts: Arc<TaskStream>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started();
     let namespace = ts.namespace().ok_or(Error::MissingField {
@@ -109,7 +116,7 @@ pub async fn reconcile(ts: Arc<TaskStream>, ctx: Arc<Context>) -> Result<Action>
             if let Some(reason) = err.degraded_reason() {
                 let problem = Problem {
                     reason: reason.into(),
-                    message: err.to_string(),
+                    message: err.degraded_message(),
                 };
                 let status = status::compute(&ts, None, Some(&problem), None, Timestamp::now());
                 // The original error is what gets retried; a failure to report it is logged.
@@ -226,11 +233,21 @@ async fn patch_status(
     Ok(())
 }
 
+/// Publishes `problem` as a Warning Event, once per reason and message: a retry that meets
+/// the problem the status already shows publishes nothing (kube's recorder would only bump a
+/// series, one API call per retry of a TaskStream that may stay broken for hours).
 async fn publish_warning(ctx: &Context, ts: &TaskStream, problem: &Problem) {
+    if status::shows(ts, problem) {
+        return;
+    }
     let event = Event {
         type_: EventType::Warning,
         reason: problem.reason.clone(),
-        note: Some(problem.message.clone()),
+        // The API server refuses an Event whose note passes 1 KiB: the status has it whole.
+        note: Some(crate::error::truncate(
+            problem.message.clone(),
+            EVENT_NOTE_MAX_BYTES,
+        )),
         action: "Reconcile".into(),
         secondary: None,
     };
@@ -254,21 +271,6 @@ fn referrers(
         .filter(|ts| ts.spec.secret_refs().iter().any(|r| &r.name == name))
         .map(|ts| ObjectRef::from_obj(ts.as_ref()))
         .collect()
-}
-
-/// Whether the API server serves HTTPRoutes (the Gateway API CRDs are installed). Discovery is
-/// readable by every authenticated user; any failure counts as "no".
-async fn serves_httproutes(client: &Client) -> bool {
-    match client
-        .list_api_group_resources("gateway.networking.k8s.io/v1")
-        .await
-    {
-        Ok(list) => list.resources.iter().any(|r| r.name == "httproutes"),
-        Err(e) => {
-            debug!(error = %e, "gateway API discovery");
-            false
-        }
-    }
 }
 
 /// Runs the controller until `shutdown` resolves, then lets in-flight reconciles finish.
@@ -296,22 +298,24 @@ pub async fn run(
     // Secrets as metadata only: a change (or creation) of a referenced Secret re-triggers its
     // TaskStreams, and no secret data ever streams into the operator.
     let secrets = api::<PartialObjectMeta<Secret>>(&client, ns);
-    let gateway_api = serves_httproutes(&client).await;
-    info!(
-        namespace = ns.unwrap_or("<all>"),
-        gateway_api, "starting controller"
+    info!(namespace = ns.unwrap_or("<all>"), "starting controller");
+    let (found_tx, found_rx) = oneshot::channel();
+    let routes = gateway_watch::httproutes(
+        api::<HttpRoute>(&client, ns),
+        client.clone(),
+        owned.clone(),
+        gateway_watch::RECHECK,
+        found_tx,
     );
     let controller = controller
         .owns(api::<Deployment>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned.clone())
         .owns(api::<PodDisruptionBudget>(&client, ns), owned.clone())
         .owns(api::<HorizontalPodAutoscaler>(&client, ns), owned.clone())
-        .owns(api::<Ingress>(&client, ns), owned.clone());
-    let controller = if gateway_api {
-        controller.owns(api::<HttpRoute>(&client, ns), owned)
-    } else {
-        controller
-    };
+        .owns(api::<Ingress>(&client, ns), owned)
+        .owns_stream(routes)
+        // TaskStreams left Degraded (GatewayAPIMissing) retry as soon as the API appears.
+        .reconcile_all_on(gateway_watch::when_found(found_rx));
     controller
         .watches(secrets, watcher::Config::default(), move |secret| {
             referrers(&store, &secret)
@@ -328,6 +332,8 @@ pub async fn run(
     info!("controller stopped");
 }
 
+#[cfg(test)]
+mod failure_tests;
 #[cfg(test)]
 mod production_tests;
 #[cfg(test)]

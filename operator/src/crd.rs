@@ -371,6 +371,8 @@ pub struct AutoscalingSpec {
     #[schemars(range(min = 1, max = 100))]
     pub max_replicas: i32,
     /// Average CPU utilization to keep, in percent of the pods' CPU requests (default 80).
+    // The name `autoscaling/v1` and every chart's HPA values use: camelCase would spell `Cpu`.
+    #[serde(rename = "targetCPUUtilizationPercentage")]
     #[schemars(range(min = 1, max = 1000))]
     pub target_cpu_utilization_percentage: Option<i32>,
 }

@@ -107,20 +107,112 @@ impl Error {
         }
     }
 
-    /// The `reason` of the `Degraded` condition and of the Warning Event, when the problem is
-    /// one the user can fix; `None` for operator-side failures (API errors), which are retried.
+    /// The `reason` of the `Degraded` condition and of the Warning Event, for every failure
+    /// the TaskStream's status must show: the user-fixable ones (a missing Secret, an invalid
+    /// spec) and every refusal of the API server (see [`ApiRefusal`]). `None` for failures
+    /// that concern no TaskStream (client, lease, admin server, manifest).
     pub fn degraded_reason(&self) -> Option<&'static str> {
         match self {
             Error::SecretNotFound { .. } => Some("SecretNotFound"),
             Error::SecretKeyNotFound { .. } => Some("SecretKeyNotFound"),
             Error::InvalidSpec { .. } => Some("InvalidSpec"),
             Error::GatewayApiMissing { .. } => Some("GatewayAPIMissing"),
-            // The API server refused a child as invalid: a pass-through setting (`spec.pod`,
-            // `app.volumeMounts`, ...) the schema could not check. Retrying will not fix it.
-            Error::Kube { source, .. } if matches!(source.as_ref(), kube::Error::Api(s) if s.code == 422) => {
-                Some("ChildInvalid")
-            }
+            Error::Kube { source, .. } => Some(ApiRefusal::of(source).reason()),
             _ => None,
+        }
+    }
+
+    /// The message of the `Degraded` condition and of the Warning Event: for an API error, what
+    /// the operator did and the API server's own message (not the whole Status dump of
+    /// `Display`), bounded so a verbose webhook cannot bloat the status.
+    pub fn degraded_message(&self) -> String {
+        let message = match self {
+            Error::Kube {
+                action,
+                kind,
+                namespace,
+                name,
+                source,
+            } => match source.as_ref() {
+                kube::Error::Api(s) => {
+                    let code = match s.reason.as_str() {
+                        "" => s.code.to_string(),
+                        reason => format!("{} {reason}", s.code),
+                    };
+                    format!("{action} {kind} {namespace}/{name}: {} ({code})", s.message)
+                }
+                other => format!("{action} {kind} {namespace}/{name}: {other}"),
+            },
+            other => other.to_string(),
+        };
+        truncate(message, MAX_MESSAGE_BYTES)
+    }
+}
+
+/// Longest `Degraded` message kept: a Condition's message may hold 32 KiB, but a verbose
+/// webhook must not bloat every status read.
+const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// `s` cut to at most `max` bytes on a character boundary, an ellipsis marking the cut.
+pub(crate) fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max - '…'.len_utf8();
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
+/// Why the API server refused a request, classified from its Status (code, reason, message):
+/// the `reason` of the TaskStream's `Degraded` condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiRefusal {
+    /// A ResourceQuota of the namespace is exhausted (`403 ... exceeded quota`).
+    QuotaExceeded,
+    /// An admission webhook (Kyverno, Gatekeeper, ...) or a ValidatingAdmissionPolicy denied
+    /// the child, whatever code it chose.
+    AdmissionDenied,
+    /// The child is invalid (422): a pass-through setting (`spec.pod`, `app.volumeMounts`,
+    /// ...) the CRD schema could not check. Retrying will not fix it.
+    ChildInvalid,
+    /// Anything else: 5xx (`failed to allocate a serviceIP`, etcd timeouts), RBAC, conflicts,
+    /// an unreachable API server.
+    ApiServerError,
+}
+
+impl ApiRefusal {
+    /// Classifies a failed API call.
+    pub fn of(error: &kube::Error) -> Self {
+        let kube::Error::Api(status) = error else {
+            return ApiRefusal::ApiServerError;
+        };
+        let message = status.message.as_str();
+        let webhook =
+            message.contains("admission webhook") && message.contains("denied the request");
+        // "ValidatingAdmissionPolicy '...' with binding '...' denied request: ..."
+        let policy =
+            message.contains("ValidatingAdmissionPolicy") && message.contains("denied request");
+        if status.code == 403 && message.contains("exceeded quota") {
+            ApiRefusal::QuotaExceeded
+        } else if webhook || policy {
+            ApiRefusal::AdmissionDenied
+        } else if status.code == 422 {
+            ApiRefusal::ChildInvalid
+        } else {
+            ApiRefusal::ApiServerError
+        }
+    }
+
+    /// The `Degraded` reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ApiRefusal::QuotaExceeded => "QuotaExceeded",
+            ApiRefusal::AdmissionDenied => "AdmissionDenied",
+            ApiRefusal::ChildInvalid => "ChildInvalid",
+            ApiRefusal::ApiServerError => "APIServerError",
         }
     }
 }

@@ -40,8 +40,17 @@ pub fn render(
                 kind.unwrap_or("<none>")
             )));
         }
-        let mut ts: TaskStream = serde_json::from_value(value)
+        let mut ts: TaskStream = serde_json::from_value(value.clone())
             .map_err(|e| manifest_err(format!("document {}: {e}", i + 1)))?;
+        // The API server's strict field validation refuses what the types do not know; serde
+        // would drop it silently (as it once dropped a misspelt autoscaling field).
+        let known = serde_json::to_value(&ts).map_err(|e| manifest_err(format!("{e}")))?;
+        if let Some(field) = unknown_field("", &value, &known) {
+            return Err(manifest_err(format!(
+                "document {}: unknown field \"{field}\"",
+                i + 1
+            )));
+        }
         if ts.metadata.namespace.is_none() {
             ts.metadata.namespace = Some(default_namespace.to_string());
         }
@@ -70,6 +79,31 @@ pub fn render(
         return Err(manifest_err("no TaskStream document found".into()));
     }
     Ok(out)
+}
+
+/// The first field of `input` that did not survive a round trip through the types (`known`),
+/// as a dotted path; `null`s and empty lists, which the types may drop, do not count.
+fn unknown_field(path: &str, input: &Value, known: &Value) -> Option<String> {
+    match (input, known) {
+        (Value::Object(input), Value::Object(known)) => input.iter().find_map(|(k, v)| {
+            let here = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            match known.get(k) {
+                None if v.is_null() || v.as_array().is_some_and(Vec::is_empty) => None,
+                None => Some(here),
+                Some(kv) => unknown_field(&here, v, kv),
+            }
+        }),
+        (Value::Array(input), Value::Array(known)) => input
+            .iter()
+            .zip(known)
+            .enumerate()
+            .find_map(|(n, (v, kv))| unknown_field(&format!("{path}[{n}]"), v, kv)),
+        _ => None,
+    }
 }
 
 mod erased {
@@ -132,6 +166,54 @@ spec:
             first,
             serde_json::to_value(&children.deployment).expect("json")
         );
+    }
+
+    /// `examples/autoscaling.yaml` spells the field as users (and `autoscaling/v1`) do:
+    /// `targetCPUUtilizationPercentage` reaches the HPA, it is not silently dropped.
+    #[test]
+    fn the_autoscaling_example_sets_the_cpu_target() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/autoscaling.yaml");
+        let input = std::fs::read_to_string(path).expect("example");
+        assert!(input.contains("targetCPUUtilizationPercentage: 70"));
+        let out = render(&input, path, &params(), "apps").expect("renders");
+        let hpa = serde_norway::Deserializer::from_str(&out)
+            .map(|d| Value::deserialize(d).expect("yaml"))
+            .find(|d| d["kind"] == "HorizontalPodAutoscaler")
+            .expect("an HPA");
+        assert_eq!(
+            hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+            70
+        );
+        let ts: TaskStream = serde_norway::from_str(&input).expect("taskstream");
+        let back = serde_json::to_value(&ts.spec.autoscaling).expect("json");
+        assert_eq!(back["targetCPUUtilizationPercentage"], 70);
+    }
+
+    #[test]
+    fn refuses_unknown_fields_as_strict_validation_does() {
+        let bad = MANIFEST
+            .replace(
+                "replicas: 2",
+                "replicas: 2\n  autoscaling: {maxReplicas: 3, targetCpuUtilizationPercentage: 50}",
+            )
+            .replace("  replicas: 2\n", "");
+        let err = render(&bad, "ts.yaml", &params(), "apps").expect_err("unknown field");
+        assert_eq!(
+            err.to_string(),
+            "manifest ts.yaml: document 1: unknown field \"spec.autoscaling.targetCpuUtilizationPercentage\""
+        );
+        let deep = MANIFEST.replace(
+            "port: 8000}",
+            "port: 8000, env: [{name: A, value: b, vaule: c}]}",
+        );
+        let err = render(&deep, "ts.yaml", &params(), "apps").expect_err("unknown field");
+        assert!(
+            err.to_string().ends_with("\"spec.app.env[0].vaule\""),
+            "{err}"
+        );
+        // Explicit nulls and empty defaults are not unknown.
+        let nulls = MANIFEST.replace("replicas: 2", "replicas: 2\n  history: null");
+        render(&nulls, "ts.yaml", &params(), "apps").expect("nulls are fine");
     }
 
     #[test]

@@ -22,6 +22,17 @@ pub struct Problem {
     pub message: String,
 }
 
+/// Whether the TaskStream's current status already shows `problem` (`Degraded=True` with its
+/// reason and message).
+pub fn shows(ts: &TaskStream, problem: &Problem) -> bool {
+    ts.status.iter().flat_map(|s| &s.conditions).any(|c| {
+        c.type_ == "Degraded"
+            && c.status == "True"
+            && c.reason == problem.reason
+            && c.message == problem.message
+    })
+}
+
 /// What the Deployment says about the rollout.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Rollout {

@@ -26,8 +26,12 @@
 //! classic sidecar (`sidecar.native: false`), and the test says so. The production features
 //! (Gateway API route, Secret rotation, autoscaling, pod settings) are in `operator_e2e/`.
 
+#[path = "operator_e2e/examples.rs"]
+mod examples;
 #[path = "operator_e2e/production.rs"]
 mod production;
+#[path = "operator_e2e/quota.rs"]
+mod quota;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -185,8 +189,14 @@ async fn operator_e2e() -> Result<()> {
 
     let mut gateway_crds = production::GatewayCrds::default();
     let result = async {
+        step(
+            "examples apply (dry run, strict)",
+            examples::scenario(&client, &ns),
+        )
+        .await?;
         scenario(&client, &ns).await?;
-        production::scenario(&client, &ns, &mut gateway_crds).await
+        production::scenario(&client, &ns, &mut gateway_crds).await?;
+        step("a refused child shows", quota::scenario(&client, &ns)).await
     }
     .await;
 

@@ -47,7 +47,8 @@ pub fn app_container(spec: &TaskStreamSpec) -> Container {
 }
 
 /// Hash of everything that configures the sidecar: changes here must restart the pods, since
-/// the sidecar reads its configuration once, at start.
+/// the sidecar reads its configuration once, at start. Its value for an unchanged spec must not
+/// change across operator releases (`upgrade_tests` pins it), or upgrades roll every pod.
 pub fn config_hash(
     sidecar: &Container,
     volumes: &[k8s_openapi::api::core::v1::Volume],

@@ -27,6 +27,8 @@ mod sidecar_tests;
 mod test_support;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod upgrade_tests;
 
 use std::collections::BTreeMap;
 
