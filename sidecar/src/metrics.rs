@@ -287,3 +287,51 @@ impl Metrics {
             .inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(metrics: &Metrics) -> String {
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encode");
+        out
+    }
+
+    #[test]
+    fn delivery_time_counts_from_the_publish_and_never_below_zero() {
+        let metrics = Metrics::default();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as u64;
+        // Published 3 s ago by Redis's clock; and one "from the future" (Redis's clock ahead).
+        metrics.delivery_seconds.observe_since(now_ms - 3000);
+        metrics.delivery_seconds.observe_since(now_ms + 60_000);
+        let out = encode(&metrics);
+        assert!(
+            out.contains(r#"taskstream_delivery_seconds_bucket{le="0.001"} 1"#),
+            "a clock behind Redis's counts as 0: {out}"
+        );
+        assert!(
+            out.contains(r#"taskstream_delivery_seconds_bucket{le="2.048"} 1"#)
+                && out.contains(r#"taskstream_delivery_seconds_bucket{le="4.096"} 2"#),
+            "3 s lands between 2.048 and 4.096: {out}"
+        );
+        assert!(out.contains("taskstream_delivery_seconds_count 2"), "{out}");
+    }
+
+    #[test]
+    fn proxy_response_time_is_a_histogram_of_seconds() {
+        let metrics = Metrics::default();
+        metrics.proxy_response_seconds.observe(0.0015);
+        let out = encode(&metrics);
+        assert!(
+            out.contains(r#"taskstream_proxy_response_seconds_bucket{le="0.001"} 0"#)
+                && out.contains(r#"taskstream_proxy_response_seconds_bucket{le="0.002"} 1"#),
+            "{out}"
+        );
+    }
+}

@@ -412,7 +412,7 @@ fn check_dashboard_structure(d: &Value, problems: &mut Vec<String>) {
         ));
     }
     for key in ["uid", "title"] {
-        if !d[key].as_str().is_some_and(|s| !s.is_empty()) {
+        if d[key].as_str().is_none_or(str::is_empty) {
             fail(format!("dashboard {key} missing"));
         }
     }
