@@ -15,8 +15,8 @@ and are not drawn.
 
 Usage (from the repository root, after `cargo build -p taskstream-sidecar`), in a throwaway venv:
 
-    python3 -m venv /tmp/picture && /tmp/picture/bin/pip install matplotlib websockets ./clients/python
-    /tmp/picture/bin/python scripts/dashboard-picture.py --out docs/dashboard.png
+    python3 -m venv .venv-picture && .venv-picture/bin/pip install matplotlib websockets ./clients/python
+    .venv-picture/bin/python scripts/dashboard-picture.py --out docs/dashboard.png
 """
 
 from __future__ import annotations
