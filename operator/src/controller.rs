@@ -120,7 +120,7 @@ pub async fn reconcile(ts: Arc<TaskStream>, ctx: Arc<Context>) -> Result<Action>
                 };
                 let status = status::compute(&ts, None, Some(&problem), None, Timestamp::now());
                 // The original error is what gets retried; a failure to report it is logged.
-                if let Err(e) = patch_status(&ctx.client, &ts, &namespace, &status).await {
+                if let Err(e) = patch_status(&ctx, &ts, &namespace, &status).await {
                     warn!(error = %e, "reporting degraded status");
                 }
                 publish_warning(&ctx, &ts, &problem).await;
@@ -192,7 +192,7 @@ async fn apply(ts: &TaskStream, ctx: &Context, namespace: &str) -> Result<Action
 
     let rollout = Rollout::of(&deployment, ts.spec.min_replicas());
     let status = status::compute(ts, Some(&rollout), None, route.as_ref(), Timestamp::now());
-    patch_status(client, ts, namespace, &status).await?;
+    patch_status(ctx, ts, namespace, &status).await?;
     if let Some(message) = &rollout.stalled {
         let problem = Problem {
             reason: "ProgressDeadlineExceeded".into(),
@@ -204,13 +204,14 @@ async fn apply(ts: &TaskStream, ctx: &Context, namespace: &str) -> Result<Action
     Ok(Action::requeue(RESYNC))
 }
 
+/// Writes the status and, once the API server took it, the condition metrics alerts read.
 async fn patch_status(
-    client: &Client,
+    ctx: &Context,
     ts: &TaskStream,
     namespace: &str,
     status: &crate::crd::TaskStreamStatus,
 ) -> Result<()> {
-    let api: Api<TaskStream> = Api::namespaced(client.clone(), namespace);
+    let api: Api<TaskStream> = Api::namespaced(ctx.client.clone(), namespace);
     let name = ts.name_any();
     let patch = serde_json::json!({
         "apiVersion": TaskStream::api_version(&()),
@@ -227,9 +228,11 @@ async fn patch_status(
         action: "apply status of",
         kind: "TaskStream",
         namespace: namespace.into(),
-        name,
+        name: name.clone(),
         source: Box::new(source),
     })?;
+    ctx.metrics
+        .status_written(namespace, &name, &status.conditions);
     Ok(())
 }
 
@@ -321,11 +324,19 @@ pub async fn run(
             referrers(&store, &secret)
         })
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            match res {
-                Ok((obj, _)) => debug!(taskstream = %obj, "reconcile done"),
-                Err(e) => debug!(error = %e, "controller event"),
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|res| {
+            // A deleted TaskStream's next trigger (its children's deletion, at the latest its
+            // requeue) finds it gone: its condition series go with it.
+            if let Err(kube::runtime::controller::Error::ObjectNotFound(obj)) = &res {
+                let namespace = obj.namespace.as_deref().unwrap_or_default();
+                ctx.metrics.taskstream_gone(namespace, &obj.name);
+            }
+            async move {
+                match res {
+                    Ok((obj, _)) => debug!(taskstream = %obj, "reconcile done"),
+                    Err(e) => debug!(error = %e, "controller event"),
+                }
             }
         })
         .await;

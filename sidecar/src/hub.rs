@@ -299,6 +299,9 @@ impl Hub {
             }
         }
         self.metrics.events_delivered.inc_by(delivered as u64);
+        if let Some(id) = id.filter(|_| delivered > 0) {
+            self.metrics.delivery_seconds.observe_since(id.ms);
+        }
         delivered
     }
 

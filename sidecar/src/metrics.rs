@@ -95,6 +95,45 @@ impl ReadSeconds {
     }
 }
 
+/// Seconds from an event's publish (its history id, stamped by Redis) to its queueing to the
+/// group's local clients: 1 ms to ~8 s. Events published without history carry no time.
+#[derive(Clone)]
+pub struct DeliverySeconds(Histogram);
+
+impl Default for DeliverySeconds {
+    fn default() -> Self {
+        Self(Histogram::new(exponential_buckets(0.001, 2.0, 14)))
+    }
+}
+
+impl DeliverySeconds {
+    /// Observes the delivery of an event published at `published_ms` (Unix milliseconds, from
+    /// Redis's clock). A clock behind Redis's counts as 0, never as negative.
+    pub fn observe_since(&self, published_ms: u64) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.0
+            .observe(now_ms.saturating_sub(published_ms) as f64 / 1000.0);
+    }
+}
+
+/// Seconds until the app's response headers, per proxied request: 1 ms to ~33 s.
+#[derive(Clone)]
+pub struct ProxySeconds(Histogram);
+
+impl Default for ProxySeconds {
+    fn default() -> Self {
+        Self(Histogram::new(exponential_buckets(0.001, 2.0, 16)))
+    }
+}
+
+impl ProxySeconds {
+    pub fn observe(&self, seconds: f64) {
+        self.0.observe(seconds);
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClassLabel {
     pub class: &'static str,
@@ -116,6 +155,8 @@ pub struct Metrics {
     pub history_recovered: Counter,
     pub history_resets: Family<ResetLabel, Counter>,
     pub history_read_seconds: ReadSeconds,
+    pub delivery_seconds: DeliverySeconds,
+    pub proxy_response_seconds: ProxySeconds,
 }
 
 impl Metrics {
@@ -187,6 +228,16 @@ impl Metrics {
             "Time of one history read for a resuming client",
             self.history_read_seconds.0.clone(),
         );
+        r.register(
+            "delivery_seconds",
+            "Time from an event's publish (its history id, Redis's clock) to its queueing to the local clients; events published with history only",
+            self.delivery_seconds.0.clone(),
+        );
+        r.register(
+            "proxy_response_seconds",
+            "Time until the app's response headers, per request the app answered",
+            self.proxy_response_seconds.0.clone(),
+        );
     }
 
     pub fn history_reset(&self, reason: ResetReason) {
@@ -234,5 +285,53 @@ impl Metrics {
                 class: "client_error",
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(metrics: &Metrics) -> String {
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encode");
+        out
+    }
+
+    #[test]
+    fn delivery_time_counts_from_the_publish_and_never_below_zero() {
+        let metrics = Metrics::default();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as u64;
+        // Published 3 s ago by Redis's clock; and one "from the future" (Redis's clock ahead).
+        metrics.delivery_seconds.observe_since(now_ms - 3000);
+        metrics.delivery_seconds.observe_since(now_ms + 60_000);
+        let out = encode(&metrics);
+        assert!(
+            out.contains(r#"taskstream_delivery_seconds_bucket{le="0.001"} 1"#),
+            "a clock behind Redis's counts as 0: {out}"
+        );
+        assert!(
+            out.contains(r#"taskstream_delivery_seconds_bucket{le="2.048"} 1"#)
+                && out.contains(r#"taskstream_delivery_seconds_bucket{le="4.096"} 2"#),
+            "3 s lands between 2.048 and 4.096: {out}"
+        );
+        assert!(out.contains("taskstream_delivery_seconds_count 2"), "{out}");
+    }
+
+    #[test]
+    fn proxy_response_time_is_a_histogram_of_seconds() {
+        let metrics = Metrics::default();
+        metrics.proxy_response_seconds.observe(0.0015);
+        let out = encode(&metrics);
+        assert!(
+            out.contains(r#"taskstream_proxy_response_seconds_bucket{le="0.001"} 0"#)
+                && out.contains(r#"taskstream_proxy_response_seconds_bucket{le="0.002"} 1"#),
+            "{out}"
+        );
     }
 }

@@ -114,6 +114,7 @@ impl Upstream {
             .expect("method and uri come from a parsed request");
         *out.headers_mut() = forward_headers(&parts.headers, peer, upgrade);
 
+        let started = std::time::Instant::now();
         let resp = match self.client.request(out).await {
             Ok(resp) => resp,
             Err(e) if client_body_failed(&e) => {
@@ -137,6 +138,9 @@ impl Upstream {
             }
         };
         self.metrics.proxied(Some(resp.status().as_u16()));
+        self.metrics
+            .proxy_response_seconds
+            .observe(started.elapsed().as_secs_f64());
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
