@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, CommandFactory, Parser};
 use k8s_openapi::api::core::v1::{Container, EnvVar, Volume};
-use taskstream_sidecar::broker::options::Topology;
+use taskstream_sidecar::Topology;
 use taskstream_sidecar::config::{
     AllowedOrigins, Args, AuthConfig, BrokerConfig, Config, JwtKey, LogFormat, Protocol,
 };
