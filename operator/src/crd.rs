@@ -14,30 +14,34 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
+use taskstream_contract::default as contract;
 
 /// API group of the TaskStream resource.
 pub const GROUP: &str = "taskstream.dev";
 /// API version of the TaskStream resource.
 pub const VERSION: &str = "v1alpha1";
 
+// The sidecar's defaults come from the shared contract, so the operator writes what the
+// sidecar would assume.
+
 /// Default WebSocket path served by the sidecar.
-pub const DEFAULT_WS_PATH: &str = "/ws/tasks/";
+pub const DEFAULT_WS_PATH: &str = contract::WS_PATH;
 /// Default Redis channel prefix.
-pub const DEFAULT_CHANNEL_PREFIX: &str = "taskstream:";
+pub const DEFAULT_CHANNEL_PREFIX: &str = contract::CHANNEL_PREFIX;
 /// Default JWT claim holding the user's groups.
-pub const DEFAULT_GROUPS_CLAIM: &str = "groups";
+pub const DEFAULT_GROUPS_CLAIM: &str = contract::JWT_GROUPS_CLAIM;
 /// Default group template every authenticated user joins.
-pub const DEFAULT_USER_GROUP: &str = "user:{sub}";
+pub const DEFAULT_USER_GROUP: &str = contract::USER_GROUP;
 /// Default forward-auth path on the app.
-pub const DEFAULT_AUTH_PATH: &str = "/ws-auth/";
+pub const DEFAULT_AUTH_PATH: &str = contract::AUTH_PATH;
 /// Default forward-auth timeout.
-pub const DEFAULT_AUTH_TIMEOUT_MS: u32 = 5000;
+pub const DEFAULT_AUTH_TIMEOUT_MS: u32 = contract::AUTH_TIMEOUT_SECONDS * 1000;
 /// Default ping interval.
-pub const DEFAULT_PING_INTERVAL_SECONDS: u32 = 20;
+pub const DEFAULT_PING_INTERVAL_SECONDS: u32 = contract::PING_INTERVAL_SECONDS;
 /// Default sidecar shutdown grace.
-pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u32 = 25;
+pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u32 = contract::SHUTDOWN_GRACE_SECONDS;
 /// Default sidecar log filter.
-pub const DEFAULT_LOG_LEVEL: &str = "info";
+pub const DEFAULT_LOG_LEVEL: &str = contract::LOG_LEVEL;
 /// Certificate key of a `kubernetes.io/tls` Secret.
 pub const TLS_CERT_KEY: &str = "tls.crt";
 /// Private key key of a `kubernetes.io/tls` Secret.

@@ -1,7 +1,8 @@
 //! Command-line and environment configuration of the sidecar.
 //!
 //! Every flag has a `TASKSTREAM_*` environment variable; these names are a user-facing contract
-//! (the operator sets them on the sidecar container). [`Args`] is what clap parses; [`Config`] is
+//! (the operator sets them on the sidecar container), so they and the defaults the operator
+//! relies on come from the shared `taskstream_contract` crate the operator writes them with. [`Args`] is what clap parses; [`Config`] is
 //! the validated form the rest of the crate uses, so nothing downstream re-checks a flag.
 //!
 //! ```text
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use http::Uri;
+use taskstream_contract::{default, env};
 
 use crate::broker::history::HistoryConfig;
 use crate::broker::options::{Connect, RedisArgs, RedisProtocol};
@@ -54,18 +56,18 @@ pub enum LogFormat {
 #[command(name = "taskstream-sidecar", version, about)]
 pub struct Args {
     /// Public address: WebSocket clients and proxied app traffic.
-    #[arg(long, env = "TASKSTREAM_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = env::LISTEN, default_value = default::LISTEN)]
     pub listen: SocketAddr,
 
     /// Admin address: /healthz, /readyz, /metrics, POST /publish/<group>. Keep it inside the pod.
-    #[arg(long, env = "TASKSTREAM_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    #[arg(long, env = env::ADMIN_LISTEN, default_value = default::ADMIN_LISTEN)]
     pub admin_listen: SocketAddr,
 
     /// Accept `POST /publish/<group>` on the admin port from any peer, not only loopback (the
     /// app in the same pod). Probes and /metrics are reachable from anywhere either way.
     #[arg(
         long,
-        env = "TASKSTREAM_PUBLISH_ALLOW_REMOTE",
+        env = env::PUBLISH_ALLOW_REMOTE,
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub publish_allow_remote: bool,
@@ -73,23 +75,23 @@ pub struct Args {
     /// The app every non-WebSocket request is proxied to.
     #[arg(
         long,
-        env = "TASKSTREAM_UPSTREAM",
-        default_value = "http://127.0.0.1:8000"
+        env = env::UPSTREAM,
+        default_value = default::UPSTREAM
     )]
     pub upstream: String,
 
     /// Path the sidecar terminates WebSockets on (exact match; a trailing slash is optional).
-    #[arg(long, env = "TASKSTREAM_WS_PATH", default_value = "/ws/tasks/")]
+    #[arg(long, env = env::WS_PATH, default_value = default::WS_PATH)]
     pub ws_path: String,
 
     /// Event source.
-    #[arg(long, env = "TASKSTREAM_BROKER", value_enum, default_value = "redis")]
+    #[arg(long, env = env::BROKER, value_enum, default_value = "redis")]
     pub broker: BrokerKind,
 
     /// Redis URL (`redis://[:password@]host:port[/db]`, `rediss://` for TLS); required with
     /// `--broker redis`. With `--redis-sentinels` only its password, db and TLS are used (the
     /// host is not); with `--redis-cluster` it may list several seed URLs, comma-separated.
-    #[arg(long, env = "TASKSTREAM_REDIS_URL", hide_env_values = true)]
+    #[arg(long, env = env::REDIS_URL, hide_env_values = true)]
     pub redis_url: Option<String>,
 
     /// TLS, Sentinel and Cluster settings of the Redis deployment.
@@ -97,14 +99,14 @@ pub struct Args {
     pub redis: RedisArgs,
 
     /// Prefix of the Redis channel of each group: events for group G are published on `<prefix>G`.
-    #[arg(long, env = "TASKSTREAM_CHANNEL_PREFIX", default_value = "taskstream:")]
+    #[arg(long, env = env::CHANNEL_PREFIX, default_value = default::CHANNEL_PREFIX)]
     pub channel_prefix: String,
 
     /// Wire protocol on Redis: `pubsub` (plain), or a Django Channels layer (`channels` for
     /// RedisChannelLayer, `channels-pubsub` for RedisPubSubChannelLayer).
     #[arg(
         long,
-        env = "TASKSTREAM_REDIS_PROTOCOL",
+        env = env::REDIS_PROTOCOL,
         value_enum,
         default_value = "pubsub"
     )]
@@ -115,86 +117,86 @@ pub struct Args {
     pub channels: ChannelsArgs,
 
     /// Authentication mode; there is no default, so the sidecar is never silently open.
-    #[arg(long, env = "TASKSTREAM_AUTH", value_enum)]
+    #[arg(long, env = env::AUTH, value_enum)]
     pub auth: AuthMode,
 
     /// HS256 secret for `--auth jwt`.
-    #[arg(long, env = "TASKSTREAM_JWT_SECRET", hide_env_values = true)]
+    #[arg(long, env = env::JWT_SECRET, hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
     /// File holding the HS256 secret for `--auth jwt` (trailing newline ignored).
-    #[arg(long, env = "TASKSTREAM_JWT_SECRET_FILE")]
+    #[arg(long, env = env::JWT_SECRET_FILE)]
     pub jwt_secret_file: Option<PathBuf>,
 
     /// PEM public key (RSA -> RS256, EC P-256 -> ES256) for `--auth jwt`.
-    #[arg(long, env = "TASKSTREAM_JWT_PUBLIC_KEY_FILE")]
+    #[arg(long, env = env::JWT_PUBLIC_KEY_FILE)]
     pub jwt_public_key_file: Option<PathBuf>,
 
     /// JWT claim holding the client's groups (an array of strings).
-    #[arg(long, env = "TASKSTREAM_JWT_GROUPS_CLAIM", default_value = "groups")]
+    #[arg(long, env = env::JWT_GROUPS_CLAIM, default_value = default::JWT_GROUPS_CLAIM)]
     pub jwt_groups_claim: String,
 
     /// Group every authenticated user joins, `{sub}` replaced by the user id; empty disables.
-    #[arg(long, env = "TASKSTREAM_USER_GROUP", default_value = "user:{sub}")]
+    #[arg(long, env = env::USER_GROUP, default_value = default::USER_GROUP)]
     pub user_group: String,
 
     /// Path on the upstream asked by `--auth forward`.
-    #[arg(long, env = "TASKSTREAM_AUTH_PATH", default_value = "/ws-auth/")]
+    #[arg(long, env = env::AUTH_PATH, default_value = default::AUTH_PATH)]
     pub auth_path: String,
 
     /// How long `--auth forward` waits for the app before answering 503.
-    #[arg(long, env = "TASKSTREAM_AUTH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = env::AUTH_TIMEOUT, default_value = default::AUTH_TIMEOUT, value_parser = parse_duration)]
     pub auth_timeout: Duration,
 
     /// Origins allowed to open WebSockets (comma-separated, e.g. `https://app.example.com`;
     /// `*` allows any). Default: only the request's own host. Clients without `Origin` are allowed.
-    #[arg(long, env = "TASKSTREAM_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(long, env = env::ALLOWED_ORIGINS, value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
     /// Most WebSocket clients at once; the next gets 503.
-    #[arg(long, env = "TASKSTREAM_MAX_CONNECTIONS", default_value_t = 10_000)]
+    #[arg(long, env = env::MAX_CONNECTIONS, default_value_t = 10_000)]
     pub max_connections: usize,
 
     /// Largest frame or message a client may send; bigger closes with 1009.
-    #[arg(long, env = "TASKSTREAM_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, env = env::MAX_MESSAGE_BYTES, default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,
 
     /// Largest event relayed to clients; bigger ones are dropped and counted
     /// (`taskstream_events_dropped_total{reason="TooLarge"}`). Also the limit of `POST /publish`.
-    #[arg(long, env = "TASKSTREAM_MAX_EVENT_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = env::MAX_EVENT_BYTES, default_value_t = 1024 * 1024)]
     pub max_event_bytes: usize,
 
     /// Events queued per client before it counts as too slow and is closed with 1013.
-    #[arg(long, env = "TASKSTREAM_SEND_QUEUE", default_value_t = 256)]
+    #[arg(long, env = env::SEND_QUEUE, default_value_t = 256)]
     pub send_queue: usize,
 
     /// Interval of server pings; a client silent for two intervals is dropped.
-    #[arg(long, env = "TASKSTREAM_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, env = env::PING_INTERVAL, default_value = default::PING_INTERVAL, value_parser = parse_duration)]
     pub ping_interval: Duration,
 
     /// On SIGTERM, how long in-flight proxied requests and closing clients get before exit.
-    #[arg(long, env = "TASKSTREAM_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
+    #[arg(long, env = env::SHUTDOWN_GRACE, default_value = default::SHUTDOWN_GRACE, value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
     /// Make `/readyz` also require the broker (Redis) connection. Off by default: a Redis
     /// outage then keeps the pod in the Service, so the app's plain HTTP keeps working
     /// (`/readyz/broker` and `taskstream_broker_up` report the broker).
-    #[arg(long, env = "TASKSTREAM_READY_REQUIRES_BROKER", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = env::READY_REQUIRES_BROKER, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub ready_requires_broker: bool,
 
     /// Events kept per group for clients that resume with `last_id` (0 = no history). Needs
     /// `--redis-protocol pubsub` (or `--broker memory`).
-    #[arg(long, env = "TASKSTREAM_HISTORY_SIZE", default_value_t = 0)]
+    #[arg(long, env = env::HISTORY_SIZE, default_value_t = 0)]
     pub history_size: usize,
 
     /// A group's history expires this long after its last event.
-    #[arg(long, env = "TASKSTREAM_HISTORY_TTL", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = env::HISTORY_TTL, default_value = default::HISTORY_TTL, value_parser = parse_duration)]
     pub history_ttl: Duration,
 
     /// Log format.
     #[arg(
         long,
-        env = "TASKSTREAM_LOG_FORMAT",
+        env = env::LOG_FORMAT,
         value_enum,
         default_value = "text"
     )]

@@ -173,10 +173,12 @@ impl Queue {
         self.lagged.load(Ordering::Acquire)
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.events.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

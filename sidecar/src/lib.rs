@@ -6,24 +6,34 @@
 //! browser --http-> [server] ---------> [proxy] ---------------------------------> app (localhost)
 //! ```
 
-pub mod admin;
-pub mod auth;
-pub mod backoff;
-pub mod broker;
-pub mod channels;
+// What other crates use (the binary, the cross-component tests, the operator's contract
+// test): the configuration, the error type, `run` and the history publish script. The rest is
+// the crate's own, so the compiler reports what nothing uses.
 pub mod config;
-pub mod duration;
 pub mod error;
-pub mod health;
-pub mod hub;
-pub mod metrics;
-pub mod origin;
-pub mod protocol;
-pub mod proxy;
-pub mod resume;
-pub mod server;
-pub mod session;
-pub mod stall;
+
+pub(crate) mod admin;
+pub(crate) mod auth;
+pub(crate) mod backoff;
+pub(crate) mod broker;
+pub(crate) mod channels;
+pub(crate) mod duration;
+pub(crate) mod health;
+pub(crate) mod hub;
+pub(crate) mod metrics;
+pub(crate) mod origin;
+pub(crate) mod protocol;
+pub(crate) mod proxy;
+pub(crate) mod resume;
+pub(crate) mod server;
+pub(crate) mod session;
+pub(crate) mod stall;
+
+pub use broker::history::PUBLISH_SCRIPT;
+pub use broker::options::Topology;
+// The reason labels of the metrics, for the test that checks the dashboards against them.
+pub use broker::history::ResetReason;
+pub use metrics::{CloseReason, DropReason, RejectReason};
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -9,7 +9,8 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(taskstream_contract::default::LOG_LEVEL));
     match args.log_format {
         // Colour only for a person at a terminal: `kubectl logs` and files get plain text.
         LogFormat::Text => tracing_subscriber::fmt()

@@ -35,7 +35,7 @@ use crate::metrics::{Metrics, RejectReason};
 use crate::origin::check_origin;
 use crate::protocol;
 use crate::proxy::{Body, Upstream, text};
-use crate::session;
+use crate::session::{self, Session};
 use crate::stall::Stall;
 
 /// Initial WebSocket read buffer per client (see the comment at the upgrade).
@@ -235,13 +235,17 @@ async fn handshake(
             .max_frame_size(Some(shared2.config.max_message_bytes));
         let (io, stall) = Stall::new(TokioIo::new(upgraded));
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
-        let options = session::Options {
-            v1,
-            resume,
-            confirmed,
-            user: identity.user,
+        debug!(%peer, user = identity.user.as_deref().unwrap_or("-"), groups = ?membership.groups(), "client connected");
+        let cx = session::Context {
+            broker: shared2.broker.clone(),
+            metrics: shared2.metrics.clone(),
+            link: v1.then(|| shared2.hub.link()),
+            ping_interval: shared2.config.ping_interval,
+            shutdown: shared2.shutdown.clone(),
         };
-        session::run(ws, stall, membership, &shared2, peer, options).await;
+        Session::new(ws, stall, membership, cx, peer, v1)
+            .run(resume, confirmed)
+            .await;
         drop(permit);
     });
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::Value;
-use taskstream_sidecar::broker::history::PUBLISH_SCRIPT;
+use taskstream_sidecar::PUBLISH_SCRIPT;
 use taskstream_tests::redis_server::RedisServer;
 use taskstream_tests::sidecar::{Sidecar, SidecarProcess, ws_url};
 use taskstream_tests::upstream::http_post;

@@ -153,7 +153,7 @@ fn cluster_with_a_django_channels_layer_is_refused_at_start_up() {
 #[tokio::test]
 async fn history_works_on_a_cluster_and_resumes_across_nodes() {
     use serde_json::Value;
-    use taskstream_sidecar::broker::history::PUBLISH_SCRIPT;
+    use taskstream_sidecar::PUBLISH_SCRIPT;
     use taskstream_tests::ws::connect_with;
 
     let cluster = RedisCluster::start(3).await;

@@ -1,5 +1,6 @@
 //! The taskstream sidecar container: its whole configuration comes from the spec, as the
-//! `TASKSTREAM_*` environment variables the sidecar binary reads.
+//! `TASKSTREAM_*` environment variables the sidecar binary reads. Their names, defaults and
+//! units come from the shared contract crate the sidecar's flags are declared with.
 //!
 //! Secrets are passed by reference (`secretKeyRef`, or a read-only Secret volume for PEM files:
 //! the JWT public key, the Redis CA and client certificate), so no secret value ever lands in
@@ -11,6 +12,9 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use taskstream_contract::default as contract;
+use taskstream_contract::{env, listen_all, millis, seconds, upstream};
+
 use super::Params;
 use crate::crd::{
     AuthMode, DEFAULT_AUTH_PATH, DEFAULT_AUTH_TIMEOUT_MS, DEFAULT_CHANNEL_PREFIX,
@@ -21,9 +25,9 @@ use crate::crd::{
 /// Name of the sidecar container.
 pub const SIDECAR_CONTAINER: &str = "taskstream-sidecar";
 /// Port of the sidecar's public listener (named `http`).
-pub const HTTP_PORT: i32 = 8080;
+pub const HTTP_PORT: i32 = contract::HTTP_PORT as i32;
 /// Port of the sidecar's admin listener (named `admin`).
-pub const ADMIN_PORT: i32 = 9090;
+pub const ADMIN_PORT: i32 = contract::ADMIN_PORT as i32;
 /// Where a JWT public key Secret is mounted.
 pub const JWT_KEY_DIR: &str = "/etc/taskstream/jwt";
 /// Name of the JWT public key volume.
@@ -76,21 +80,18 @@ pub fn env(spec: &TaskStreamSpec) -> Vec<EnvVar> {
     let ws = spec.websocket.clone().unwrap_or_default();
     let sidecar = spec.sidecar.clone().unwrap_or_default();
     let mut env = vec![
-        plain("TASKSTREAM_LISTEN", format!("0.0.0.0:{HTTP_PORT}")),
-        plain("TASKSTREAM_ADMIN_LISTEN", format!("0.0.0.0:{ADMIN_PORT}")),
-        plain(
-            "TASKSTREAM_UPSTREAM",
-            format!("http://127.0.0.1:{}", spec.app.port),
-        ),
-        plain("TASKSTREAM_WS_PATH", spec.ws_path()),
+        plain(env::LISTEN, listen_all(HTTP_PORT)),
+        plain(env::ADMIN_LISTEN, listen_all(ADMIN_PORT)),
+        plain(env::UPSTREAM, upstream(spec.app.port)),
+        plain(env::WS_PATH, spec.ws_path()),
     ];
     match (&spec.redis.url, &spec.redis.url_secret_ref) {
-        (_, Some(r)) => env.push(from_secret("TASKSTREAM_REDIS_URL", r)),
-        (Some(url), None) => env.push(plain("TASKSTREAM_REDIS_URL", url)),
+        (_, Some(r)) => env.push(from_secret(env::REDIS_URL, r)),
+        (Some(url), None) => env.push(plain(env::REDIS_URL, url)),
         (None, None) => {}
     }
     env.push(plain(
-        "TASKSTREAM_CHANNEL_PREFIX",
+        env::CHANNEL_PREFIX,
         spec.redis
             .channel_prefix
             .as_deref()
@@ -99,107 +100,103 @@ pub fn env(spec: &TaskStreamSpec) -> Vec<EnvVar> {
     if let Some(tls) = &spec.redis.tls {
         if let Some(r) = &tls.ca_secret_ref {
             env.push(plain(
-                "TASKSTREAM_REDIS_CA_FILE",
+                env::REDIS_CA_FILE,
                 format!("{REDIS_CA_DIR}/{}", r.key),
             ));
         }
         if tls.client_cert_secret_ref.is_some() {
             env.push(plain(
-                "TASKSTREAM_REDIS_CLIENT_CERT_FILE",
+                env::REDIS_CLIENT_CERT_FILE,
                 format!("{REDIS_CLIENT_DIR}/{TLS_CERT_KEY}"),
             ));
             env.push(plain(
-                "TASKSTREAM_REDIS_CLIENT_KEY_FILE",
+                env::REDIS_CLIENT_KEY_FILE,
                 format!("{REDIS_CLIENT_DIR}/{TLS_KEY_KEY}"),
             ));
         }
         if tls.insecure_skip_verify == Some(true) {
-            env.push(plain("TASKSTREAM_REDIS_TLS_INSECURE", "true"));
+            env.push(plain(env::REDIS_TLS_INSECURE, "true"));
         }
     }
     if let Some(sentinel) = &spec.redis.sentinel {
+        env.push(plain(env::REDIS_SENTINELS, sentinel.hosts.join(",")));
         env.push(plain(
-            "TASKSTREAM_REDIS_SENTINELS",
-            sentinel.hosts.join(","),
-        ));
-        env.push(plain(
-            "TASKSTREAM_REDIS_SENTINEL_MASTER",
+            env::REDIS_SENTINEL_MASTER,
             sentinel.master_name.clone(),
         ));
         if let Some(r) = &sentinel.password_secret_ref {
-            env.push(from_secret("TASKSTREAM_REDIS_SENTINEL_PASSWORD", r));
+            env.push(from_secret(env::REDIS_SENTINEL_PASSWORD, r));
         }
     }
     if spec.redis.cluster == Some(true) {
-        env.push(plain("TASKSTREAM_REDIS_CLUSTER", "true"));
+        env.push(plain(env::REDIS_CLUSTER, "true"));
     }
     if let Some(history) = &spec.history {
-        env.push(plain("TASKSTREAM_HISTORY_SIZE", history.size.to_string()));
+        env.push(plain(env::HISTORY_SIZE, history.size.to_string()));
         if let Some(ttl) = history.ttl_seconds {
-            env.push(plain("TASKSTREAM_HISTORY_TTL", format!("{ttl}s")));
+            env.push(plain(env::HISTORY_TTL, seconds(ttl)));
         }
     }
-    env.push(plain("TASKSTREAM_AUTH", spec.auth.mode.as_str()));
+    env.push(plain(env::AUTH, spec.auth.mode.as_str()));
     match spec.auth.mode {
         AuthMode::Jwt => {
             let jwt = spec.auth.jwt.clone().unwrap_or_default();
             if let Some(r) = &jwt.secret_ref {
-                env.push(from_secret("TASKSTREAM_JWT_SECRET", r));
+                env.push(from_secret(env::JWT_SECRET, r));
             } else if let Some(r) = &jwt.public_key_ref {
                 env.push(plain(
-                    "TASKSTREAM_JWT_PUBLIC_KEY_FILE",
+                    env::JWT_PUBLIC_KEY_FILE,
                     format!("{JWT_KEY_DIR}/{}", r.key),
                 ));
             }
             env.push(plain(
-                "TASKSTREAM_JWT_GROUPS_CLAIM",
+                env::JWT_GROUPS_CLAIM,
                 jwt.groups_claim.as_deref().unwrap_or(DEFAULT_GROUPS_CLAIM),
             ));
             env.push(plain(
-                "TASKSTREAM_USER_GROUP",
+                env::USER_GROUP,
                 jwt.user_group.as_deref().unwrap_or(DEFAULT_USER_GROUP),
             ));
         }
         AuthMode::Forward => {
             let fwd = spec.auth.forward.clone().unwrap_or_default();
             env.push(plain(
-                "TASKSTREAM_AUTH_PATH",
+                env::AUTH_PATH,
                 fwd.path.as_deref().unwrap_or(DEFAULT_AUTH_PATH),
             ));
             env.push(plain(
-                "TASKSTREAM_AUTH_TIMEOUT",
-                format!("{}ms", fwd.timeout_ms.unwrap_or(DEFAULT_AUTH_TIMEOUT_MS)),
+                env::AUTH_TIMEOUT,
+                millis(fwd.timeout_ms.unwrap_or(DEFAULT_AUTH_TIMEOUT_MS)),
             ));
         }
         AuthMode::None => {}
     }
     if let Some(origins) = ws.allowed_origins.as_ref().filter(|o| !o.is_empty()) {
-        env.push(plain("TASKSTREAM_ALLOWED_ORIGINS", origins.join(",")));
+        env.push(plain(env::ALLOWED_ORIGINS, origins.join(",")));
     }
     if let Some(n) = ws.max_connections {
-        env.push(plain("TASKSTREAM_MAX_CONNECTIONS", n.to_string()));
+        env.push(plain(env::MAX_CONNECTIONS, n.to_string()));
     }
     if let Some(n) = ws.max_message_bytes {
-        env.push(plain("TASKSTREAM_MAX_MESSAGE_BYTES", n.to_string()));
+        env.push(plain(env::MAX_MESSAGE_BYTES, n.to_string()));
     }
     env.push(plain(
-        "TASKSTREAM_PING_INTERVAL",
-        format!(
-            "{}s",
+        env::PING_INTERVAL,
+        seconds(
             ws.ping_interval_seconds
-                .unwrap_or(DEFAULT_PING_INTERVAL_SECONDS)
+                .unwrap_or(DEFAULT_PING_INTERVAL_SECONDS),
         ),
     ));
     env.push(plain(
-        "TASKSTREAM_SHUTDOWN_GRACE",
-        format!("{}s", spec.shutdown_grace_seconds()),
+        env::SHUTDOWN_GRACE,
+        seconds(spec.shutdown_grace_seconds()),
     ));
     env.push(plain(
-        "RUST_LOG",
+        env::RUST_LOG,
         sidecar.log_level.as_deref().unwrap_or(DEFAULT_LOG_LEVEL),
     ));
     env.push(plain(
-        "TASKSTREAM_LOG_FORMAT",
+        env::LOG_FORMAT,
         sidecar.log_format.unwrap_or_default().as_str(),
     ));
     env

@@ -256,7 +256,8 @@ fn key_string(k: &Value) -> String {
     }
 }
 
-/// `v` as JSON text (the rule above).
+/// `v` as JSON text (the rule above); the tests' view of [`write_json`].
+#[cfg(test)]
 pub fn to_json(v: &Value) -> String {
     let mut s = String::new();
     write_json(v, &mut s);

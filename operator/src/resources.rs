@@ -20,6 +20,8 @@ mod service;
 mod sidecar;
 
 #[cfg(test)]
+mod contract_tests;
+#[cfg(test)]
 mod production_tests;
 #[cfg(test)]
 mod sidecar_tests;
