@@ -20,6 +20,7 @@ pub mod render;
 pub mod resources;
 pub mod shutdown;
 pub mod status;
+pub mod webhook;
 
 #[cfg(test)]
 pub mod fixtures;

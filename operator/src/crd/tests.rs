@@ -119,7 +119,8 @@ fn descriptions_are_unwrapped_but_keep_paragraphs_and_lists() {
 #[test]
 fn secret_refs_follow_the_auth_mode() {
     let mut spec = TaskStreamSpec {
-        app: AppSpec::default(),
+        app: Some(AppSpec::default()),
+        attach: None,
         replicas: None,
         autoscaling: None,
         redis: RedisSpec {

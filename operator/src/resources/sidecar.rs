@@ -77,7 +77,7 @@ pub fn env(spec: &TaskStreamSpec) -> Vec<EnvVar> {
         plain("TASKSTREAM_ADMIN_LISTEN", format!("0.0.0.0:{ADMIN_PORT}")),
         plain(
             "TASKSTREAM_UPSTREAM",
-            format!("http://127.0.0.1:{}", spec.app.port),
+            format!("http://127.0.0.1:{}", spec.app_port()),
         ),
         plain("TASKSTREAM_WS_PATH", spec.ws_path()),
     ];
