@@ -8,4 +8,7 @@
 //! ```
 
 pub mod admission;
+pub mod certs;
+pub mod keeper;
 pub mod mutate;
+pub mod server;
