@@ -132,6 +132,7 @@ pub async fn serve<T: TaskStreams + 'static>(
             },
         };
         let acceptor = acceptor.clone();
+        let conn_shutdown = shutdown.clone();
         let taskstreams = taskstreams.clone();
         let params = params.clone();
         tokio::spawn(async move {
@@ -145,10 +146,18 @@ pub async fn serve<T: TaskStreams + 'static>(
                 let params = params.clone();
                 async move { Ok::<_, Infallible>(handle(req, taskstreams.as_ref(), &params).await) }
             });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .await
-            {
+            // The API server keeps connections alive: on shutdown each one finishes its
+            // request in flight and closes, so the webhook really stops answering.
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(tls), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                _ = conn_shutdown.wait() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
                 debug!(%peer, error = %e, "webhook connection");
             }
         });
