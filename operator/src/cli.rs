@@ -27,6 +27,9 @@ pub struct Cli {
 }
 
 /// What to do.
+// Parsed once at start-up: the size of the `Run` variant costs nothing, and boxing it would
+// ripple into every caller.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controller (the default).

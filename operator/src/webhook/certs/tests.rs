@@ -106,8 +106,10 @@ fn unusable_material_starts_over() {
 fn the_secret_round_trips() {
     let m = fresh();
     let (data, annotations) = m.to_secret_parts();
-    let mut secret = Secret::default();
-    secret.data = Some(data);
+    let mut secret = Secret {
+        data: Some(data),
+        ..Default::default()
+    };
     secret.metadata.annotations = Some(annotations);
     assert_eq!(Material::from_secret(&secret), Some(m));
     assert!(!managed_by_cert_manager(&secret));

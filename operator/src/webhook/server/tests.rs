@@ -158,6 +158,55 @@ async fn serves_reviews_over_tls_and_picks_up_a_new_certificate() {
         .expect("task");
 }
 
+#[tokio::test]
+async fn shutdown_closes_kept_alive_connections() {
+    // The API server reuses connections: a webhook that stopped accepting but kept them open
+    // would go on answering after shutdown.
+    let names = sans(None, &["127.0.0.1".to_string()]);
+    let m = issue(&Plan::Fresh, None, &names, time::OffsetDateTime::now_utc()).expect("cert");
+    let resolver = Arc::new(Resolver::default());
+    resolver.set(&m.cert_pem, &m.key_pem).expect("loads");
+    let listener = bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (trigger, shutdown) = Shutdown::new();
+    let store: BTreeMap<(String, String), TaskStream> = BTreeMap::new();
+    let server = tokio::spawn(serve(
+        listener,
+        resolver,
+        Arc::new(store),
+        Arc::new(params()),
+        shutdown,
+    ));
+    let check = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        let mut tls = connector(&m.ca_bundle_pem)
+            .connect(name, tcp)
+            .await
+            .expect("tls");
+        tls.write_all(b"GET /mutate-pods HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .expect("write");
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&seen).contains("POST an AdmissionReview") {
+            let n = tls.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before the answer");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        trigger.trigger();
+        let n = tls.read(&mut buf).await.unwrap_or(0);
+        assert_eq!(n, 0, "the idle connection is closed on shutdown");
+    };
+    tokio::time::timeout(WITHIN, check).await.expect("in time");
+    tokio::time::timeout(WITHIN, server)
+        .await
+        .expect("stops")
+        .expect("task");
+}
+
 #[test]
 fn bad_pem_is_refused_and_keeps_the_old_certificate() {
     let resolver = Resolver::default();
