@@ -464,6 +464,27 @@ async fn scenario(
     )
     .await?;
 
+    step("the API server refuses app with attach, and attach with replicas", async {
+        let both = json!({"app": {"image": "registry.example/x:1", "port": 8000},
+            "attach": {"appPort": 8000}, "redis": {"url": "redis://r:6379"}, "auth": {"mode": "none"}});
+        let scaled = json!({"attach": {"appPort": 8000}, "replicas": 2,
+            "redis": {"url": "redis://r:6379"}, "auth": {"mode": "none"}});
+        for (name, spec, words) in [
+            ("both", both, "exactly one of app"),
+            ("scaled", scaled, "not allowed with attach"),
+        ] {
+            match apply(&tss, name, taskstream(name, spec)).await {
+                Ok(_) => bail!("{name}: accepted"),
+                Err(e) => {
+                    let message = format!("{e:#}");
+                    ensure!(message.contains(words), "{name}: {message}");
+                }
+            }
+        }
+        Ok(())
+    })
+    .await?;
+
     step(
         "bad input: admitted unchanged, or denied with the reason",
         async {
