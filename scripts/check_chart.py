@@ -42,7 +42,11 @@ OLDEST = "1.29.0"
 NEWEST = kv_utils.latest_version()
 # Kinds with no schema in kubernetes-validate (prometheus-operator CRDs): checked by hand below.
 MONITORS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor")}
-NO_K8S_SCHEMA = MONITORS | {("monitoring.coreos.com/v1", "PrometheusRule")}
+NO_K8S_SCHEMA = MONITORS | {
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("cert-manager.io/v1", "Certificate"),
+    ("cert-manager.io/v1", "Issuer"),
+}
 
 failures: list[str] = []
 
@@ -253,7 +257,7 @@ def variations() -> list[tuple[str, list[str]]]:
 
 
 def rbac_table() -> dict[str, set[tuple[str, str, str]]]:
-    table: dict[str, set[tuple[str, str, str]]] = {"watched": set(), "lease": set()}
+    table: dict[str, set[tuple[str, str, str]]] = {"watched": set(), "lease": set(), "webhook": set(), "cluster": set()}
     for r in yaml.safe_load(RBAC_TABLE.read_text())["rules"]:
         for verb in r["verbs"]:
             table[r["scope"]].add((r["group"], r["resource"], verb))
@@ -302,12 +306,87 @@ def check_rbac(name: str, objects: list[dict], values: dict) -> None:
                     fail(f"{name}: lease get/patch not limited to {lease_name}")
     elif lease is not None:
         fail(f"{name}: leader election off but a Lease Role is rendered")
+    check_webhook_rbac(name, roles, values, table, fullname)
     # Every binding names the operator's ServiceAccount in the release namespace.
     for d in objects:
         if d["kind"] in ("ClusterRoleBinding", "RoleBinding"):
             for s in d["subjects"]:
                 if s.get("namespace") != RELEASE_NS:
                     fail(f"{name}: {d['kind']} {d['metadata']['name']} binds a subject outside the release")
+
+
+def check_webhook_rbac(name: str, roles: dict, values: dict, table: dict, fullname: str) -> None:
+    """The webhook's Role (its Secret, by name but for create) and ClusterRole (its
+    configuration, by name) grant exactly the table's webhook and cluster rows."""
+    webhook = values.get("webhook", {})
+    secret = webhook.get("certSecretName", "taskstream-webhook-tls")
+    for kind, scope, limit in (("Role", "webhook", secret), ("ClusterRole", "cluster", fullname)):
+        role = roles.get((kind, f"{fullname}-webhook"))
+        if not webhook.get("enabled", True):
+            if role is not None:
+                fail(f"{name}: webhook off but its {kind} is rendered")
+            continue
+        if role is None:
+            fail(f"{name}: no webhook {kind}")
+            continue
+        if kind == "Role" and role["metadata"]["namespace"] != RELEASE_NS:
+            fail(f"{name}: webhook Role not in the release namespace")
+        got = expand(role["rules"])
+        if got != table[scope]:
+            fail(f"{name}: webhook {kind} differs from operator/rbac.yaml: {sorted(got)} vs {sorted(table[scope])}")
+        for rule in role["rules"]:
+            if "create" not in rule["verbs"] and rule.get("resourceNames") != [limit]:
+                fail(f"{name}: webhook {kind} {rule['verbs']} not limited to {limit}")
+
+
+def check_webhook(name: str, objects: list[dict], values: dict) -> None:
+    """The webhook configuration: label selector, excluded namespaces, safe settings, and a
+    Service on 443 to the operator's webhook port."""
+    webhook = values.get("webhook", {})
+    configs = [d for d in objects if d["kind"] == "MutatingWebhookConfiguration"]
+    if not webhook.get("enabled", True):
+        if configs:
+            fail(f"{name}: webhook off but a MutatingWebhookConfiguration is rendered")
+        return
+    if len(configs) != 1:
+        fail(f"{name}: {len(configs)} MutatingWebhookConfigurations")
+        return
+    (hook,) = configs[0]["webhooks"]
+    want_policy = webhook.get("failurePolicy", "Fail")
+    checks = {
+        "objectSelector on taskstream.dev/inject": hook["objectSelector"]
+        == {"matchExpressions": [{"key": "taskstream.dev/inject", "operator": "Exists"}]},
+        "kube-system and the release namespace excluded": any(
+            e["operator"] == "NotIn" and set(e["values"]) == {"kube-system", RELEASE_NS}
+            for e in hook["namespaceSelector"]["matchExpressions"]
+        ),
+        "sideEffects None": hook["sideEffects"] == "None",
+        "admissionReviewVersions [v1]": hook["admissionReviewVersions"] == ["v1"],
+        "timeoutSeconds": hook["timeoutSeconds"] == webhook.get("timeoutSeconds", 5),
+        "reinvocationPolicy IfNeeded": hook["reinvocationPolicy"] == "IfNeeded",
+        f"failurePolicy {want_policy}": hook["failurePolicy"] == want_policy,
+        "pod CREATE only": hook["rules"]
+        == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced"}],
+        "path /mutate-pods": hook["clientConfig"]["service"]["path"] == "/mutate-pods",
+    }
+    for what, ok in checks.items():
+        if not ok:
+            fail(f"{name}: webhook: {what}: {hook}")
+    svc_name = hook["clientConfig"]["service"]["name"]
+    services = [d for d in objects if d["kind"] == "Service" and d["metadata"]["name"] == svc_name]
+    if not services or services[0]["spec"]["ports"] != [{"name": "webhook", "port": 443, "targetPort": "webhook", "protocol": "TCP"}]:
+        fail(f"{name}: webhook Service {svc_name} missing or not 443 -> webhook")
+    cert_manager = webhook.get("certManager", {}).get("enabled", False)
+    annotated = "cert-manager.io/inject-ca-from" in (configs[0]["metadata"].get("annotations") or {})
+    certificates = [d for d in objects if d["kind"] == "Certificate"]
+    if cert_manager != annotated or cert_manager != bool(certificates):
+        fail(f"{name}: certManager.enabled={cert_manager} but inject-ca-from={annotated}, Certificates={len(certificates)}")
+    (deployment,) = [d for d in objects if d["kind"] == "Deployment"]
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    if not any(p["name"] == "webhook" for p in c["ports"]):
+        fail(f"{name}: the operator container has no webhook port")
+    if f"--webhook-service={RELEASE_NS}/{svc_name}" not in c["args"]:
+        fail(f"{name}: --webhook-service does not name {svc_name}")
 
 
 def check_deployment(name: str, objects: list[dict], values: dict) -> None:
@@ -484,6 +563,7 @@ def check_chart() -> None:
             k8s_validate(d, f"chart {name}")
         check_rbac(name, objects, values)
         check_deployment(name, objects, values)
+        check_webhook(name, objects, values)
         check_monitors(name, objects)
         check_observability(name, objects, values)
         services = [d for d in objects if d["kind"] == "Service"]
@@ -499,6 +579,7 @@ def check_chart() -> None:
         (["--set", "leaderElection.leaseGraceSeconds=15"], "leaseGraceSeconds"),
         (["--set", "watchNamespace=apps"], "watchNamespace"),
         (["--set", "adminPort=http"], "adminPort"),
+        (["--set", "webhook.failurePolicy=Sometimes"], "failurePolicy"),
     ]
     for args, word in refused:
         p = run([HELM, "template", RELEASE, CHART, "--namespace", RELEASE_NS, *args], check=False)

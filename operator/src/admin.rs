@@ -1,5 +1,6 @@
 //! The admin server: `/healthz` (the process is alive), `/readyz` (it can serve: the Kubernetes
-//! client is up; a standby replica is ready too) and `/metrics` (Prometheus text format).
+//! client is up and, with the webhook on, its certificate is loaded; a standby replica is
+//! ready too) and `/metrics` (Prometheus text format).
 //!
 //! hyper 1 with one task per connection; the accept loop stops on shutdown.
 
@@ -20,11 +21,14 @@ use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
+use crate::webhook::server::Resolver;
 
-/// Readiness of the process, flipped once start-up is done.
+/// Readiness of the process, flipped once start-up is done; with the webhook on, also until
+/// it has a certificate to serve (the Service sends admission requests only to ready replicas).
 #[derive(Debug, Default)]
 pub struct Health {
     ready: AtomicBool,
+    webhook: std::sync::OnceLock<Arc<Resolver>>,
 }
 
 impl Health {
@@ -33,8 +37,13 @@ impl Health {
         self.ready.store(ready, Ordering::Release);
     }
 
+    /// Makes readiness wait for the webhook's certificate.
+    pub fn require_webhook(&self, resolver: Arc<Resolver>) {
+        let _ = self.webhook.set(resolver);
+    }
+
     fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && self.webhook.get().is_none_or(|r| r.is_loaded())
     }
 }
 
@@ -142,6 +151,23 @@ mod tests {
         let mut out = String::new();
         stream.read_to_string(&mut out).await.expect("read");
         out
+    }
+
+    #[test]
+    fn readiness_waits_for_the_webhook_certificate() {
+        let health = Health::default();
+        health.set_ready(true);
+        assert!(health.is_ready());
+        let resolver = Arc::new(Resolver::default());
+        health.require_webhook(resolver.clone());
+        assert!(!health.is_ready(), "no certificate yet");
+        let names = ["127.0.0.1".to_string()];
+        let now = time::OffsetDateTime::now_utc();
+        let m =
+            crate::webhook::certs::issue(&crate::webhook::certs::Plan::Fresh, None, &names, now)
+                .expect("cert");
+        resolver.set(&m.cert_pem, &m.key_pem).expect("loads");
+        assert!(health.is_ready());
     }
 
     #[tokio::test]

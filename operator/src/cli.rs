@@ -27,6 +27,9 @@ pub struct Cli {
 }
 
 /// What to do.
+// Parsed once at start-up: the size of the `Run` variant costs nothing, and boxing it would
+// ripple into every caller.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controller (the default).
@@ -90,6 +93,61 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "TASKSTREAM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Address of the attach-mode webhook's HTTPS server (path /mutate-pods), served by every
+    /// replica; `off` disables the webhook.
+    #[arg(
+        long,
+        env = "TASKSTREAM_WEBHOOK_LISTEN",
+        default_value = "0.0.0.0:9443"
+    )]
+    pub webhook_listen: WebhookListen,
+
+    /// MutatingWebhookConfiguration whose caBundle the operator keeps current.
+    #[arg(
+        long,
+        env = "TASKSTREAM_WEBHOOK_CONFIGURATION",
+        default_value = "taskstream-operator"
+    )]
+    pub webhook_configuration: String,
+
+    /// Secret (in the operator's namespace) holding the webhook's CA and serving certificate;
+    /// created and renewed by the operator unless cert-manager issues it.
+    #[arg(
+        long,
+        env = "TASKSTREAM_WEBHOOK_CERT_SECRET",
+        default_value = "taskstream-webhook-tls"
+    )]
+    pub webhook_cert_secret: String,
+
+    /// `namespace/name` of the webhook's Service: its DNS names go into the serving certificate.
+    #[arg(long, env = "TASKSTREAM_WEBHOOK_SERVICE")]
+    pub webhook_service: Option<String>,
+
+    /// Extra DNS names or IPs of the serving certificate, comma-separated (e.g. 127.0.0.1 for
+    /// an operator run outside the cluster).
+    #[arg(long, env = "TASKSTREAM_WEBHOOK_EXTRA_SANS", value_delimiter = ',')]
+    pub webhook_extra_sans: Vec<String>,
+}
+
+/// `--webhook-listen`: an address, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookListen {
+    Off,
+    On(SocketAddr),
+}
+
+impl std::str::FromStr for WebhookListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "off" {
+            return Ok(WebhookListen::Off);
+        }
+        s.parse()
+            .map(WebhookListen::On)
+            .map_err(|e| format!("{e}: expected an address like 0.0.0.0:9443, or off"))
+    }
 }
 
 /// Flags of `render`.
@@ -109,6 +167,12 @@ pub struct RenderArgs {
 }
 
 impl RunArgs {
+    /// `--webhook-service` split into namespace and name.
+    pub fn webhook_service_ref(&self) -> Option<(&str, &str)> {
+        let (ns, name) = self.webhook_service.as_deref()?.split_once('/')?;
+        (!ns.is_empty() && !name.is_empty() && !name.contains('/')).then_some((ns, name))
+    }
+
     /// Checks what clap cannot: the message names the flag at fault.
     pub fn validate(&self) -> Result<(), String> {
         if self.sidecar_image.trim().is_empty() {
@@ -131,6 +195,30 @@ impl RunArgs {
                 return Err("--lease-name must not be empty".into());
             }
         }
+        if self.webhook_listen != WebhookListen::Off {
+            if let Some(service) = &self.webhook_service
+                && self.webhook_service_ref().is_none()
+            {
+                return Err(format!(
+                    "--webhook-service {service:?} must be namespace/name"
+                ));
+            }
+            if self.webhook_service.is_none() && self.webhook_extra_sans.is_empty() {
+                return Err(
+                    "--webhook-service (or --webhook-extra-sans) is needed: the names \
+                            the webhook's certificate is valid for; or --webhook-listen off"
+                        .into(),
+                );
+            }
+            for (flag, value) in [
+                ("--webhook-configuration", &self.webhook_configuration),
+                ("--webhook-cert-secret", &self.webhook_cert_secret),
+            ] {
+                if value.trim().is_empty() {
+                    return Err(format!("{flag} must not be empty"));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -145,7 +233,7 @@ mod tests {
 
     #[test]
     fn run_is_the_default() {
-        let cli = parse(&["--namespace", "apps"]).expect("parses");
+        let cli = parse(&["--namespace", "apps", "--webhook-listen", "off"]).expect("parses");
         assert!(cli.command.is_none());
         assert_eq!(cli.run.namespace.as_deref(), Some("apps"));
         assert_eq!(cli.run.admin_listen.to_string(), "0.0.0.0:8081");
@@ -163,6 +251,42 @@ mod tests {
         };
         let err = args.validate().expect_err("grace >= duration");
         assert!(err.contains("--lease-grace-seconds"), "{err}");
+    }
+
+    #[test]
+    fn webhook_flags() {
+        let cli = parse(&["--webhook-service", "ops/taskstream-webhook"]).expect("parses");
+        assert_eq!(
+            cli.run.webhook_listen,
+            WebhookListen::On("0.0.0.0:9443".parse().expect("addr"))
+        );
+        assert_eq!(cli.run.webhook_configuration, "taskstream-operator");
+        assert_eq!(cli.run.webhook_cert_secret, "taskstream-webhook-tls");
+        assert_eq!(
+            cli.run.webhook_service_ref(),
+            Some(("ops", "taskstream-webhook"))
+        );
+        assert!(cli.run.validate().is_ok());
+
+        let cli = parse(&["--webhook-extra-sans", "127.0.0.1,localhost"]).expect("parses");
+        assert_eq!(cli.run.webhook_extra_sans, ["127.0.0.1", "localhost"]);
+        assert!(cli.run.validate().is_ok());
+
+        let cli = parse(&[]).expect("parses");
+        let err = cli
+            .run
+            .validate()
+            .expect_err("no names for the certificate");
+        assert!(err.contains("--webhook-service"), "{err}");
+        let cli = parse(&["--webhook-listen", "off"]).expect("parses");
+        assert_eq!(cli.run.webhook_listen, WebhookListen::Off);
+        assert!(cli.run.validate().is_ok());
+
+        let cli = parse(&["--webhook-service", "just-a-name"]).expect("parses");
+        let err = cli.run.validate().expect_err("not namespace/name");
+        assert!(err.contains("namespace/name"), "{err}");
+        let err = parse(&["--webhook-listen", "nowhere"]).expect_err("bad address");
+        assert!(err.to_string().contains("--webhook-listen"), "{err}");
     }
 
     #[test]

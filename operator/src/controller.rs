@@ -4,8 +4,10 @@
 //! ```text
 //! TaskStream ─┐                       ┌─> read Secrets (hash) ─> apply Deployment, Service (SSA)
 //! owned kids ─┼─> Controller ─> reconcile ─> apply or delete PDB, HPA, Ingress, HTTPRoute
-//! Secrets ────┘  (metadata only,      └─> status (SSA on /status) ; Event on a problem
-//!                 mapped to referrers)
+//! Secrets ────┤  (metadata only,      ├─> status (SSA on /status) ; Event on a problem
+//!             │   mapped to referrers)└─> spec.attach: attach.rs (Service, route, pod census)
+//! labelled ───┘  (taskstream.dev/inject=<name> -> that TaskStream)
+//! pods
 //! ```
 //!
 //! HTTPRoutes are watched once the API server serves them, at start-up or whenever the Gateway
@@ -21,7 +23,7 @@ use futures::channel::oneshot;
 use gateway_api::httproutes::HttpRoute;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
@@ -33,14 +35,16 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
-use crate::crd::TaskStream;
+use crate::crd::{INJECT_LABEL, TaskStream};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::resources::{self, FIELD_MANAGER, MANAGED_BY, Params};
 use crate::status::{self, Problem, Rollout, Route};
 
+pub(crate) mod attach;
 mod children;
 mod gateway_watch;
+pub use attach::{RESTARTED_AT, RESTARTED_FOR, ROLLOUT_MANAGER};
 pub use children::REPLICAS_HANDOFF_MANAGER;
 use children::{apply_route, delete_stale, hand_off_replicas, parent_gateway, secret_hash, ssa};
 
@@ -118,7 +122,11 @@ pub async fn reconcile(ts: Arc<TaskStream>, ctx: Arc<Context>) -> Result<Action>
                     reason: reason.into(),
                     message: err.degraded_message(),
                 };
-                let status = status::compute(&ts, None, Some(&problem), None, Timestamp::now());
+                let status = if ts.spec.attach.is_some() {
+                    status::attach::compute(&ts, None, Some(&problem), None, Timestamp::now())
+                } else {
+                    status::compute(&ts, None, Some(&problem), None, Timestamp::now())
+                };
                 // The original error is what gets retried; a failure to report it is logged.
                 if let Err(e) = patch_status(&ctx, &ts, &namespace, &status).await {
                     warn!(error = %e, "reporting degraded status");
@@ -140,6 +148,9 @@ pub fn error_policy(ts: Arc<TaskStream>, err: &Error, ctx: Arc<Context>) -> Acti
 }
 
 async fn apply(ts: &TaskStream, ctx: &Context, namespace: &str) -> Result<Action> {
+    if ts.spec.attach.is_some() {
+        return attach::apply(ts, ctx, namespace).await;
+    }
     let client = &ctx.client;
     let hash = secret_hash(ts, client, namespace).await?;
     let mut children = resources::build(ts, &ctx.params, hash.as_deref())?;
@@ -319,9 +330,18 @@ pub async fn run(
         .owns_stream(routes)
         // TaskStreams left Degraded (GatewayAPIMissing) retry as soon as the API appears.
         .reconcile_all_on(gateway_watch::when_found(found_rx));
+    // Attach mode: only pods carrying the inject label (any value) stream in; each maps to
+    // the TaskStream its label names.
+    let pods = api::<Pod>(&client, ns);
+    let labelled = watcher::Config::default().labels(INJECT_LABEL);
     controller
         .watches(secrets, watcher::Config::default(), move |secret| {
             referrers(&store, &secret)
+        })
+        .watches(pods, labelled, |pod| {
+            let name = pod.labels().get(INJECT_LABEL)?.clone();
+            let ns = pod.namespace()?;
+            Some(ObjectRef::<TaskStream>::new(&name).within(&ns))
         })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())

@@ -66,17 +66,25 @@ pub const DEFAULT_TARGET_CPU_UTILIZATION: i32 = 80;
     // Raw JSON columns: the structured form trips clippy's duplicated_attributes lint.
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Replicas","type":"string","description":"ready/desired replicas","jsonPath":".status.replicaSummary"}"#,
+    printcolumn = r#"{"name":"Stale","type":"integer","description":"attach mode: labelled pods with an outdated or no sidecar","jsonPath":".status.attach.stale"}"#,
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.url"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("!(has(self.gateway) && has(self.ingress))").message("set only one of gateway and ingress"),
-    validation = Rule::new("!(has(self.replicas) && has(self.autoscaling))").message("set only one of replicas and autoscaling: the HorizontalPodAutoscaler owns the replica count")
+    validation = Rule::new("!(has(self.replicas) && has(self.autoscaling))").message("set only one of replicas and autoscaling: the HorizontalPodAutoscaler owns the replica count"),
+    validation = Rule::new("has(self.app) != has(self.attach)").message("set exactly one of app (the operator runs the Deployment) and attach (the sidecar is injected into pods of your own workload)"),
+    validation = Rule::new("!has(self.attach) || !(has(self.replicas) || has(self.autoscaling) || has(self.pod))").message("replicas, autoscaling and pod are not allowed with attach: the pods belong to your own workload")
 )]
 pub struct TaskStreamSpec {
-    /// The user's app container. The sidecar proxies plain HTTP to it on localhost.
-    pub app: AppSpec,
+    /// The user's app container. The sidecar proxies plain HTTP to it on localhost. Exactly one
+    /// of `app` and `attach`.
+    pub app: Option<AppSpec>,
+    /// Inject the sidecar into the pods of a workload you own (pods labelled
+    /// `taskstream.dev/inject: <name>`) instead of running the app. Exactly one of `app` and
+    /// `attach`; `replicas`, `autoscaling` and `pod` are not allowed with it.
+    pub attach: Option<AttachSpec>,
     /// Number of pods (default 1). A PodDisruptionBudget is created when greater than 1.
     /// Not allowed with `autoscaling`.
     #[schemars(range(min = 0, max = 100))]
@@ -476,12 +484,31 @@ pub struct TaskStreamStatus {
     pub replica_summary: Option<String>,
     /// The address WebSocket clients use (`ws://` or `wss://`).
     pub url: Option<String>,
-    /// `Ready`, `Progressing` and `Degraded`.
+    /// Attach mode: the labelled pods, counted by sidecar configuration.
+    pub attach: Option<AttachStatus>,
+    /// `Ready`, `Progressing` and `Degraded`; `PodsUpToDate` in attach mode.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
 
 impl TaskStreamSpec {
+    /// The port the sidecar proxies to on localhost: `app.port`, or `attach.appPort`.
+    pub fn app_port(&self) -> i32 {
+        match (&self.app, &self.attach) {
+            (Some(app), _) => app.port,
+            (None, Some(attach)) => attach.app_port,
+            (None, None) => 0,
+        }
+    }
+
+    /// How stale attached pods are replaced (`Manual` without `attach`).
+    pub fn attach_rollout(&self) -> AttachRollout {
+        self.attach
+            .as_ref()
+            .and_then(|a| a.rollout)
+            .unwrap_or_default()
+    }
+
     /// Desired replicas without autoscaling.
     pub fn replicas(&self) -> i32 {
         self.replicas.unwrap_or(1)
@@ -545,7 +572,9 @@ impl TaskStreamSpec {
     }
 }
 
+mod attach;
 mod schema;
+pub use attach::{AttachRollout, AttachSpec, AttachStatus, INJECT_LABEL};
 pub use schema::{crd, crd_yaml};
 
 #[cfg(test)]

@@ -81,6 +81,26 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Making the webhook's CA or serving certificate failed.
+    #[error("webhook certificate: {what}: {source}")]
+    Certificate {
+        what: &'static str,
+        #[source]
+        source: rcgen::Error,
+    },
+
+    /// The webhook certificate Secret holds something unusable.
+    #[error("webhook certificate: {reason}")]
+    CertificateData { reason: String },
+
+    /// The webhook HTTPS server could not start.
+    #[error("webhook server {addr}: {source}")]
+    WebhookServer {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// Reading or parsing a manifest for `render` failed.
     #[error("manifest {path}: {reason}")]
     Manifest { path: String, reason: String },
@@ -104,6 +124,8 @@ impl Error {
             Error::Lease { .. } => "lease",
             Error::AdminServer { .. } => "admin_server",
             Error::Manifest { .. } => "manifest",
+            Error::Certificate { .. } | Error::CertificateData { .. } => "webhook_certificate",
+            Error::WebhookServer { .. } => "webhook_server",
         }
     }
 

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! main.rs ─> cli (clap) ─> run ─┬─> admin   (/healthz /readyz /metrics)
+//!                               ├─> webhook (every replica: HTTPS /mutate-pods, certificates)
 //!                               └─> leader  (Lease) ─> controller ─┬─> resources (pure builders)
 //!                 ─> crd     (print the CRD)                       └─> status    (pure)
 //!                 ─> render  (print the children, offline; same builders)
@@ -20,6 +21,7 @@ pub mod render;
 pub mod resources;
 pub mod shutdown;
 pub mod status;
+pub mod webhook;
 
 #[cfg(test)]
 pub mod fixtures;
@@ -36,6 +38,9 @@ pub use shutdown::Shutdown;
 /// Runs the operator until `shutdown`: admin server, then the controller (under leader
 /// election unless disabled). `args` must have passed [`RunArgs::validate`].
 pub async fn run(args: RunArgs, shutdown: Shutdown) -> Result<()> {
+    let service = args
+        .webhook_service_ref()
+        .map(|(ns, name)| (ns.to_string(), name.to_string()));
     let RunArgs {
         namespace,
         sidecar_image,
@@ -47,6 +52,11 @@ pub async fn run(args: RunArgs, shutdown: Shutdown) -> Result<()> {
         lease_duration_seconds,
         lease_grace_seconds,
         log_format: _,
+        webhook_listen,
+        webhook_configuration,
+        webhook_cert_secret,
+        webhook_service: _,
+        webhook_extra_sans,
     } = args;
 
     let listener = admin::bind(admin_listen).await?;
@@ -63,6 +73,39 @@ pub async fn run(args: RunArgs, shutdown: Shutdown) -> Result<()> {
         .await
         .map_err(|e| Error::Client(Box::new(e)))?;
     let params = resources::Params { sidecar_image };
+
+    // The webhook runs on every replica, leader or not: the API server calls any of them.
+    let webhook = match webhook_listen {
+        cli::WebhookListen::Off => None,
+        cli::WebhookListen::On(addr) => {
+            let listener = webhook::server::bind(addr).await?;
+            let resolver = Arc::new(webhook::server::Resolver::default());
+            health.require_webhook(resolver.clone());
+            let keeper = webhook::keeper::KeeperConfig {
+                namespace: client.default_namespace().to_string(),
+                secret: webhook_cert_secret,
+                configuration: webhook_configuration,
+                sans: webhook::certs::sans(
+                    service.as_ref().map(|(ns, n)| (ns.as_str(), n.as_str())),
+                    &webhook_extra_sans,
+                ),
+            };
+            let keeper = tokio::spawn(webhook::keeper::run(
+                client.clone(),
+                keeper,
+                resolver.clone(),
+                shutdown.clone(),
+            ));
+            let server = tokio::spawn(webhook::server::serve(
+                listener,
+                resolver,
+                Arc::new(client.clone()),
+                Arc::new(params.clone()),
+                shutdown.clone(),
+            ));
+            Some((keeper, server))
+        }
+    };
     let ctx = Arc::new(controller::Context::new(client, params, metrics));
     health.set_ready(true);
 
@@ -81,6 +124,10 @@ pub async fn run(args: RunArgs, shutdown: Shutdown) -> Result<()> {
         Ok(())
     };
     health.set_ready(false);
+    if let Some((keeper, server)) = webhook {
+        let _ = keeper.await;
+        let _ = server.await;
+    }
     let _ = admin.await;
     info!("stopped");
     result

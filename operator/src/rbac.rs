@@ -27,6 +27,10 @@ pub enum Scope {
     Watched,
     /// The leader election Lease's namespace only.
     Lease,
+    /// The operator's own namespace: the webhook certificate Secret.
+    Webhook,
+    /// Cluster-scoped objects: the MutatingWebhookConfiguration.
+    Cluster,
 }
 
 /// One row: `verbs` on `group`/`resource` within `scope`.

@@ -54,11 +54,25 @@ pub fn render(
         if ts.metadata.namespace.is_none() {
             ts.metadata.namespace = Some(default_namespace.to_string());
         }
-        let children = resources::build(&ts, params, None)?;
         let yaml = |obj: &dyn erased::Yaml| {
             obj.yaml()
                 .map_err(|e| manifest_err(format!("serialize: {e}")))
         };
+        if ts.spec.attach.is_some() {
+            // Attach mode: the Service and route only; the pods are the team's (the webhook
+            // adds the sidecar when they are created).
+            let children = resources::attach::build(&ts)?;
+            out.push_str(&format!("---\n{}", yaml(&children.service)?));
+            if let Some(ing) = &children.ingress {
+                out.push_str(&format!("---\n{}", yaml(ing)?));
+            }
+            if let Some(route) = &children.route {
+                out.push_str(&format!("---\n{}", yaml(route)?));
+            }
+            count += 1;
+            continue;
+        }
+        let children = resources::build(&ts, params, None)?;
         out.push_str(&format!("---\n{}", yaml(&children.deployment)?));
         out.push_str(&format!("---\n{}", yaml(&children.service)?));
         if let Some(pdb) = &children.pdb {

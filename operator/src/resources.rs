@@ -6,12 +6,15 @@
 //! TaskStream ─────┼─> service.rs ─────> Service (http -> sidecar), PodDisruptionBudget (min > 1)
 //!  + Params       ├─> autoscaling.rs ─> HorizontalPodAutoscaler (spec.autoscaling)
 //!  + Secret hash  ├─> ingress.rs ─────> Ingress (WebSocket timeouts), status URL
-//!                 └─> route.rs ───────> HTTPRoute (spec.gateway), its acceptance, its URL
+//!                 ├─> route.rs ───────> HTTPRoute (spec.gateway), its acceptance, its URL
+//!                 └─> attach.rs ──────> spec.attach: Service on the inject label, WebSocket-path
+//!                                       route; the sidecar + config hash the webhook injects
 //! ```
 //!
 //! No API calls here: `controller` applies what these return, `render` prints it. Both see the
 //! same objects, which is what makes `render` honest.
 
+pub mod attach;
 mod autoscaling;
 mod deployment;
 mod ingress;
@@ -48,12 +51,14 @@ use crate::error::{Error, Result};
 
 pub use autoscaling::hpa;
 pub use deployment::{
-    APP_CONTAINER, CONFIG_HASH_ANNOTATION, SECRET_HASH_ANNOTATION, deployment, secret_hash,
+    APP_CONTAINER, CONFIG_HASH_ANNOTATION, SECRET_HASH_ANNOTATION, config_hash, deployment,
+    secret_hash,
 };
 pub use ingress::{ingress, status_url};
 pub use route::httproute;
 pub use service::{SERVICE_PORT, pdb, service};
 pub use sidecar::{ADMIN_PORT, HTTP_PORT, SIDECAR_CONTAINER, VOLUME_PREFIX};
+pub(crate) use sidecar::{container as sidecar_container, secret_mounts};
 
 /// The one field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "taskstream-operator";
@@ -104,8 +109,22 @@ pub fn validate(ts: &TaskStream) -> Result<()> {
             "exactly one of redis.url and redis.urlSecretRef must be set",
         ));
     }
-    if !(1..=65535).contains(&spec.app.port) || [HTTP_PORT, ADMIN_PORT].contains(&spec.app.port) {
-        return Err(invalid("app.port must be 1-65535 and not 8080 or 9090"));
+    match (&spec.app, &spec.attach) {
+        (Some(_), None) => {}
+        (None, Some(_)) => {
+            if spec.replicas.is_some() || spec.autoscaling.is_some() || spec.pod.is_some() {
+                return Err(invalid(
+                    "replicas, autoscaling and pod are not allowed with attach: the pods belong to your own workload",
+                ));
+            }
+        }
+        _ => return Err(invalid("set exactly one of app and attach")),
+    }
+    let port = spec.app_port();
+    if !(1..=65535).contains(&port) || [HTTP_PORT, ADMIN_PORT].contains(&port) {
+        return Err(invalid(
+            "app.port (attach.appPort) must be 1-65535 and not 8080 or 9090",
+        ));
     }
     if !spec.ws_path().starts_with('/') {
         return Err(invalid("websocket.path must start with /"));
@@ -192,6 +211,17 @@ pub fn validate(ts: &TaskStream) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The path the Ingress or HTTPRoute sends to the Service: everything (`/`) when the operator
+/// runs the app; only the WebSocket path in attach mode, where the team's own routes keep
+/// serving the rest of the host (the longest matching prefix wins).
+pub fn route_path(ts: &TaskStream) -> String {
+    if ts.spec.attach.is_some() {
+        ts.spec.ws_path().to_string()
+    } else {
+        "/".to_string()
+    }
 }
 
 /// Labels that select the TaskStream's pods.

@@ -158,20 +158,7 @@ pub fn compute(
     };
 
     let condition = |type_: &str, status: &str, reason: String, message: String| {
-        let last_transition_time = old
-            .conditions
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or(Time(now));
-        Condition {
-            type_: type_.into(),
-            status: status.into(),
-            reason,
-            message,
-            observed_generation: generation,
-            last_transition_time,
-        }
+        condition(&old, generation, now, type_, status, reason, message)
     };
 
     let mut conditions = vec![
@@ -230,9 +217,38 @@ pub fn compute(
         ready_replicas: Some(ready),
         replica_summary: Some(format!("{ready}/{desired}")),
         url: Some(url),
+        attach: None,
         conditions,
     }
 }
+
+/// A condition whose `lastTransitionTime` moves only when its status flips from `old`'s.
+pub(crate) fn condition(
+    old: &TaskStreamStatus,
+    generation: Option<i64>,
+    now: Timestamp,
+    type_: &str,
+    status: &str,
+    reason: String,
+    message: String,
+) -> Condition {
+    let last_transition_time = old
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason,
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+pub mod attach;
 
 #[cfg(test)]
 mod tests {

@@ -19,7 +19,7 @@ use std::process::Command as Process;
 use clap::{ArgAction, CommandFactory, Parser};
 use serde::Deserialize;
 use serde_json::Value;
-use taskstream_operator::cli::{Cli, Command, LogFormat, RunArgs};
+use taskstream_operator::cli::{Cli, Command, LogFormat, RunArgs, WebhookListen};
 
 const RELEASE: &str = "ts";
 const NAMESPACE: &str = "taskstream-system";
@@ -142,6 +142,10 @@ struct Expected {
     lease_grace_seconds: u64,
     log_format: LogFormat,
     rust_log: &'static str,
+    /// The attach-mode webhook: on, with the chart's configuration, Secret and Service names.
+    webhook: bool,
+    webhook_port: u16,
+    webhook_cert_secret: &'static str,
 }
 
 impl Default for Expected {
@@ -157,6 +161,9 @@ impl Default for Expected {
             lease_grace_seconds: 5,
             log_format: LogFormat::Json,
             rust_log: "info",
+            webhook: true,
+            webhook_port: 9443,
+            webhook_cert_secret: "taskstream-webhook-tls",
         }
     }
 }
@@ -164,12 +171,21 @@ impl Default for Expected {
 fn expected(values: &str) -> Expected {
     let default = Expected::default();
     match values {
-        "default" | "monitoring-values.yaml" => default,
+        "default"
+        | "monitoring-values.yaml"
+        | "observability-values.yaml"
+        | "cert-manager-values.yaml" => default,
+        "no-webhook-values.yaml" => Expected {
+            webhook: false,
+            ..default
+        },
         "everything-values.yaml" => Expected {
             sidecar_image: "registry.example.com/taskstream/sidecar:0.1.0-rc1".into(),
             admin_port: 9100,
             log_format: LogFormat::Text,
             rust_log: "info,kube=debug",
+            webhook_port: 10443,
+            webhook_cert_secret: "taskstream-webhook-cert",
             ..default
         },
         "ha-values.yaml" => Expected {
@@ -233,6 +249,29 @@ fn check(values: &str, run: &RunArgs, rust_log: Option<&str>) {
     );
     assert_eq!(run.log_format, want.log_format, "{values}: log format");
     assert_eq!(rust_log, Some(want.rust_log), "{values}: RUST_LOG");
+    if want.webhook {
+        assert_eq!(
+            run.webhook_listen,
+            WebhookListen::On(([0, 0, 0, 0], want.webhook_port).into()),
+            "{values}: webhook listen"
+        );
+        assert_eq!(
+            run.webhook_configuration,
+            format!("{RELEASE}-taskstream-operator"),
+            "{values}: the MutatingWebhookConfiguration the chart creates"
+        );
+        assert_eq!(
+            run.webhook_service.as_deref(),
+            Some(format!("{NAMESPACE}/{RELEASE}-taskstream-operator-webhook").as_str()),
+            "{values}: the webhook Service the chart creates"
+        );
+    } else {
+        assert_eq!(run.webhook_listen, WebhookListen::Off, "{values}: webhook off");
+    }
+    assert_eq!(
+        run.webhook_cert_secret, want.webhook_cert_secret,
+        "{values}: webhook certificate Secret"
+    );
     tracing_subscriber::EnvFilter::try_new(want.rust_log).expect("RUST_LOG is an EnvFilter");
     run.validate()
         .unwrap_or_else(|e| panic!("{values}: the operator refuses its flags: {e}"));

@@ -32,6 +32,9 @@ fn text_logs_to_a_pipe_have_no_ansi_escapes() {
             "127.0.0.1:0",
             "--log-format",
             "text",
+            // Not about the webhook (whose certificate would need names): off.
+            "--webhook-listen",
+            "off",
         ])
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "info")

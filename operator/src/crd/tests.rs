@@ -31,7 +31,7 @@ fn crd_has_shortname_status_and_columns() {
         .flatten()
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(columns, ["Ready", "Replicas", "URL", "Age"]);
+    assert_eq!(columns, ["Ready", "Replicas", "Stale", "URL", "Age"]);
 }
 
 #[test]
@@ -50,9 +50,16 @@ fn crd_carries_cel_rules_and_ranges() {
         "!(has(self.replicas) && has(self.autoscaling))",
         "!(has(self.sentinel) && has(self.cluster) && self.cluster)",
         "self.minReplicas <= self.maxReplicas",
+        "has(self.app) != has(self.attach)",
+        "!has(self.attach) || !(has(self.replicas) || has(self.autoscaling) || has(self.pod))",
     ] {
         assert!(json.contains(rule), "missing CEL rule {rule}");
     }
+    assert!(
+        json.contains(r#""enum":["Manual","Auto"]"#),
+        "attach.rollout values"
+    );
+    assert!(json.contains("attach.appPort must not be 8080 or 9090"));
     assert!(json.contains(r#""maximum":10000"#), "history size range");
     assert!(json.contains(r#""maximum":604800"#), "history ttl range");
     assert!(json.contains(r#""pattern":"^/""#), "path pattern");
@@ -119,7 +126,8 @@ fn descriptions_are_unwrapped_but_keep_paragraphs_and_lists() {
 #[test]
 fn secret_refs_follow_the_auth_mode() {
     let mut spec = TaskStreamSpec {
-        app: AppSpec::default(),
+        app: Some(AppSpec::default()),
+        attach: None,
         replicas: None,
         autoscaling: None,
         redis: RedisSpec {

@@ -95,6 +95,96 @@ async fn reconcile_requests() -> Vec<Seen> {
     api.log()
 }
 
+/// Attach mode: an attached reconcile (and one switched from owned mode), `rollout: Auto`
+/// restarting a Deployment and a StatefulSet, the webhook reading a TaskStream, and the
+/// certificate keeper creating, then renewing, its Secret and patching the caBundle.
+async fn attach_requests() -> Vec<Seen> {
+    use crate::controller::attach::restart_stale;
+    use crate::crd::AttachRollout;
+    use crate::status::attach::{Census, Owner};
+    use crate::webhook::admission::TaskStreams;
+    use crate::webhook::keeper::{KeeperConfig, refresh};
+    use crate::webhook::server::Resolver;
+
+    let (client, api) = FakeApi::start(NS);
+    let ctx = context(client.clone());
+    let attached = TaskStream::test().attached(8000, Some(AttachRollout::Auto));
+    api.put(
+        &format!("/apis/taskstream.dev/v1alpha1/namespaces/{NS}/taskstreams/{NAME}"),
+        serde_json::to_value(&attached).expect("json"),
+    );
+    api.put(
+        &format!("/apis/apps/v1/namespaces/{NS}/deployments/{NAME}"),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": NAME, "namespace": NS,
+                            "ownerReferences": [{"apiVersion": "taskstream.dev/v1alpha1",
+                                "kind": "TaskStream", "name": NAME, "uid": crate::fixtures::UID,
+                                "controller": true}]}}),
+    );
+    controller::reconcile(Arc::new(attached.clone()), ctx.clone())
+        .await
+        .expect("attached reconcile");
+    for (plural, kind) in [
+        ("deployments", "Deployment"),
+        ("statefulsets", "StatefulSet"),
+    ] {
+        api.put(
+            &format!("/apis/apps/v1/namespaces/{NS}/{plural}/web"),
+            json!({"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": "web", "namespace": NS}}),
+        );
+    }
+    let census = Census {
+        pods: 2,
+        stale: 2,
+        stale_owners: ["Deployment", "StatefulSet"]
+            .into_iter()
+            .map(|kind| Owner {
+                kind: kind.into(),
+                name: "web".into(),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    restart_stale(&attached, &ctx, NS, &census, "h1")
+        .await
+        .expect("restarts");
+
+    let found = TaskStreams::get(&client, NS, NAME)
+        .await
+        .expect("webhook lookup");
+    assert!(found.is_some());
+
+    api.put(
+        "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/taskstream-operator",
+        json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+               "metadata": {"name": "taskstream-operator"},
+               "webhooks": [{"name": "inject.taskstream.dev", "clientConfig": {"url": "https://127.0.0.1:9443/mutate-pods"},
+                             "sideEffects": "None", "admissionReviewVersions": ["v1"]}]}),
+    );
+    let cfg = KeeperConfig {
+        namespace: LEASE_NS.into(),
+        secret: "taskstream-webhook-tls".into(),
+        configuration: "taskstream-operator".into(),
+        sans: vec!["127.0.0.1".into()],
+    };
+    let resolver = Resolver::default();
+    refresh(&client, &cfg, &resolver)
+        .await
+        .expect("creates the certificate");
+    assert!(resolver.is_loaded());
+    // A Secret without the CA key (made by hand): renewed in place.
+    api.put(
+        &format!("/api/v1/namespaces/{LEASE_NS}/secrets/taskstream-webhook-tls"),
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "taskstream-webhook-tls", "namespace": LEASE_NS, "resourceVersion": "5"},
+               "data": {"tls.crt": "eA==", "tls.key": "eA=="}}),
+    );
+    refresh(&client, &cfg, &resolver)
+        .await
+        .expect("renews the certificate");
+    api.log()
+}
+
 /// The controller's initial lists and watches, cluster-wide or in one namespace.
 async fn controller_requests(namespace: Option<&str>) -> Vec<Seen> {
     let (client, api) = FakeApi::start(NS);
@@ -114,12 +204,12 @@ async fn controller_requests(namespace: Option<&str>) -> Vec<Seen> {
         namespace.map(String::from),
         std::future::pending(),
     ));
-    // TaskStreams, six kinds of children and Secrets: eight watches.
-    wait_for(&api, "eight watches", |log| {
+    // TaskStreams, six kinds of children, Secrets and labelled pods: nine watches.
+    wait_for(&api, "nine watches", |log| {
         log.iter()
             .filter(|s| s.query.contains("watch=true"))
             .count()
-            >= 8
+            >= 9
     })
     .await;
     task.abort();
@@ -171,8 +261,10 @@ async fn the_table_is_exactly_what_the_code_uses() {
     let mut requests = reconcile_requests().await;
     requests.extend(controller_requests(None).await);
     requests.extend(leader_requests().await);
+    requests.extend(attach_requests().await);
 
     let (mut watched, mut lease) = (BTreeSet::new(), BTreeSet::new());
+    let (mut webhook, mut cluster) = (BTreeSet::new(), BTreeSet::new());
     for seen in requests.iter().filter(|s| !is_discovery(s)) {
         let (permission, namespace) = permission_of(&seen.method, &seen.path, &seen.query)
             .unwrap_or_else(|| panic!("not a resource request: {seen:?}"));
@@ -187,6 +279,11 @@ async fn the_table_is_exactly_what_the_code_uses() {
         let into = if permission.1 == "leases" {
             assert_eq!(namespace.as_deref(), Some(LEASE_NS), "{seen:?}");
             &mut lease
+        } else if permission.1 == "secrets" && namespace.as_deref() == Some(LEASE_NS) {
+            &mut webhook
+        } else if permission.1 == "mutatingwebhookconfigurations" {
+            assert_eq!(namespace, None, "{seen:?}");
+            &mut cluster
         } else {
             assert!(
                 namespace.is_none() || namespace.as_deref() == Some(NS),
@@ -201,6 +298,10 @@ async fn the_table_is_exactly_what_the_code_uses() {
     assert_eq!(watched, table, "{}", diff("watched", &watched, &table));
     let table = permissions(&rules, Scope::Lease);
     assert_eq!(lease, table, "{}", diff("lease", &lease, &table));
+    let table = permissions(&rules, Scope::Webhook);
+    assert_eq!(webhook, table, "{}", diff("webhook", &webhook, &table));
+    let table = permissions(&rules, Scope::Cluster);
+    assert_eq!(cluster, table, "{}", diff("cluster", &cluster, &table));
 }
 
 #[tokio::test]

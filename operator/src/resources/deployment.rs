@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use sha2::{Digest, Sha256};
 
 use super::{Params, child_meta, labels, selector_labels, sidecar};
-use crate::crd::{TaskStream, TaskStreamSpec};
+use crate::crd::{AppSpec, TaskStream, TaskStreamSpec};
 use crate::error::{Error, Result};
 
 /// Pod template annotation carrying the hash of the sidecar configuration.
@@ -23,8 +23,7 @@ pub const APP_CONTAINER: &str = "app";
 const EXTRA_GRACE_SECONDS: i64 = 10;
 
 /// The user's app container.
-pub fn app_container(spec: &TaskStreamSpec) -> Container {
-    let app = &spec.app;
+pub fn app_container(app: &AppSpec) -> Container {
     Container {
         name: APP_CONTAINER.into(),
         image: Some(app.image.clone()),
@@ -44,6 +43,11 @@ pub fn app_container(spec: &TaskStreamSpec) -> Container {
         }]),
         ..Default::default()
     }
+}
+
+/// The pod's termination grace period: the sidecar's drain plus time for the app and kubelet.
+pub fn min_grace_seconds(spec: &TaskStreamSpec) -> i64 {
+    i64::from(spec.shutdown_grace_seconds()) + EXTRA_GRACE_SECONDS
 }
 
 /// Hash of everything that configures the sidecar: changes here must restart the pods, since
@@ -70,6 +74,10 @@ pub fn deployment(
     secret_hash: Option<&str>,
 ) -> Result<Deployment> {
     let spec = &ts.spec;
+    let app = spec.app.as_ref().ok_or_else(|| Error::InvalidSpec {
+        name: kube::ResourceExt::name_any(ts),
+        reason: "spec.app is required to run a Deployment (attach mode has none)".into(),
+    })?;
     let pod = spec.pod.clone().unwrap_or_default();
     let sidecar = sidecar::container(spec, params);
     let own_volumes: Vec<_> = sidecar::secret_mounts(spec)
@@ -77,7 +85,7 @@ pub fn deployment(
         .map(|m| m.volume)
         .collect();
     let hash = config_hash(&sidecar, &own_volumes)?;
-    let app = app_container(spec);
+    let app = app_container(app);
     let mut init_containers = pod.init_containers.unwrap_or_default();
     let containers = if spec.native_sidecar() {
         // After the user's init containers (migrations run before anything serves).
@@ -117,9 +125,7 @@ pub fn deployment(
                     init_containers: (!init_containers.is_empty()).then_some(init_containers),
                     containers,
                     volumes: (!volumes.is_empty()).then_some(volumes),
-                    termination_grace_period_seconds: Some(
-                        i64::from(spec.shutdown_grace_seconds()) + EXTRA_GRACE_SECONDS,
-                    ),
+                    termination_grace_period_seconds: Some(min_grace_seconds(spec)),
                     service_account_name: pod.service_account_name,
                     image_pull_secrets: pod.image_pull_secrets,
                     node_selector: pod.node_selector,

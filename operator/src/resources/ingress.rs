@@ -41,7 +41,7 @@ pub fn ingress(ts: &TaskStream) -> Result<Option<Ingress>> {
                 host: Some(spec.host.clone()),
                 http: Some(HTTPIngressRuleValue {
                     paths: vec![HTTPIngressPath {
-                        path: Some("/".into()),
+                        path: Some(super::route_path(ts)),
                         path_type: "Prefix".into(),
                         backend: IngressBackend {
                             service: Some(IngressServiceBackend {

@@ -260,7 +260,7 @@ fn pod_settings() -> PodSettings {
 #[test]
 fn pod_settings_reach_the_pod_template() {
     let mut ts = TaskStream::test().with_pod(pod_settings());
-    ts.spec.app.volume_mounts = Some(vec![VolumeMount {
+    ts.spec.app.as_mut().expect("app").volume_mounts = Some(vec![VolumeMount {
         name: "media".into(),
         mount_path: "/app/media".into(),
         ..Default::default()

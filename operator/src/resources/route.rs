@@ -44,7 +44,7 @@ pub fn httproute(ts: &TaskStream) -> Result<Option<HttpRoute>> {
                 matches: Some(vec![HttpRouteRulesMatches {
                     path: Some(HttpRouteRulesMatchesPath {
                         r#type: Some(HttpRouteRulesMatchesPathType::PathPrefix),
-                        value: Some("/".into()),
+                        value: Some(super::route_path(ts)),
                     }),
                     ..Default::default()
                 }]),

@@ -82,7 +82,7 @@ pub fn env(spec: &TaskStreamSpec) -> Vec<EnvVar> {
     let mut env = vec![
         plain(env::LISTEN, listen_all(HTTP_PORT)),
         plain(env::ADMIN_LISTEN, listen_all(ADMIN_PORT)),
-        plain(env::UPSTREAM, upstream(spec.app.port)),
+        plain(env::UPSTREAM, upstream(spec.app_port())),
         plain(env::WS_PATH, spec.ws_path()),
     ];
     match (&spec.redis.url, &spec.redis.url_secret_ref) {

@@ -275,9 +275,9 @@ fn termination_grace_exceeds_the_sidecar_drain() {
 #[test]
 fn app_container_gets_the_user_settings() {
     let mut ts = TaskStream::test();
-    ts.spec.app.command = Some(vec!["gunicorn".into()]);
-    ts.spec.app.args = Some(vec!["app:wsgi".into()]);
-    ts.spec.app.env = Some(vec![EnvVar {
+    ts.spec.app.as_mut().expect("app").command = Some(vec!["gunicorn".into()]);
+    ts.spec.app.as_mut().expect("app").args = Some(vec!["app:wsgi".into()]);
+    ts.spec.app.as_mut().expect("app").env = Some(vec![EnvVar {
         name: "DJANGO_SETTINGS_MODULE".into(),
         value: Some("shop.settings".into()),
         value_from: None,
@@ -459,7 +459,7 @@ fn specs_the_schema_would_refuse_are_refused_here_too() {
     let mut jwt_without_key = TaskStream::test();
     jwt_without_key.spec.auth.mode = crate::crd::AuthMode::Jwt;
     let mut port_clash = TaskStream::test();
-    port_clash.spec.app.port = 8080;
+    port_clash.spec.app.as_mut().expect("app").port = 8080;
     let mut bad_path = TaskStream::test();
     bad_path.spec.websocket = Some(WebSocketSpec {
         path: Some("ws".into()),

@@ -123,7 +123,13 @@ fn a_changed_spec_or_sidecar_image_does_roll() {
     assert_eq!(render(&fixture.task_stream, &params), fixture.pod_template);
 
     let mut changed = fixture.task_stream.clone();
-    changed.spec.app.image.push_str("-next");
+    changed
+        .spec
+        .app
+        .as_mut()
+        .expect("an owned-mode fixture")
+        .image
+        .push_str("-next");
     assert_ne!(render(&changed, &params), fixture.pod_template);
 
     let newer = Params {
