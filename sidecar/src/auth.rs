@@ -1,12 +1,14 @@
 //! Who a WebSocket client is and which groups it may join, decided before the upgrade.
 //!
-//! Modes: `jwt` (token from `?token=` or `Authorization: Bearer`), `forward` (ask the app at
+//! Modes: `jwt` (token from `?token=` or `Authorization: Bearer`; a static key, or the keys of a
+//! JWKS endpoint chosen by `kid`, see `crate::jwks`), `forward` (ask the app at
 //! `GET <upstream><auth-path>` with the client's cookies), `none` (groups from `?groups=`).
 //! In every mode `?groups=a,b` may narrow the granted groups, never widen them.
 //! Tokens and cookies are never logged.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +21,7 @@ use tracing::warn;
 
 use crate::config::{AuthConfig, JwtKey};
 use crate::error::ConfigError;
+use crate::jwks::{Jwks, KeyMiss};
 use crate::metrics::RejectReason;
 use crate::proxy::{Upstream, add_forwarded, empty};
 
@@ -96,10 +99,20 @@ impl WsQuery {
     }
 }
 
-enum Mode {
-    Jwt {
+/// Where the JWT verification key comes from.
+enum JwtKeys {
+    /// One key from the flags, its algorithm fixed.
+    Static {
         key: Box<DecodingKey>,
         validation: Box<Validation>,
+    },
+    /// The keys of a JWKS endpoint, by `kid`.
+    Jwks(Arc<Jwks>),
+}
+
+enum Mode {
+    Jwt {
+        keys: JwtKeys,
         groups_claim: String,
         user_group: String,
     },
@@ -143,23 +156,40 @@ impl Authenticator {
                 groups_claim,
                 user_group,
             } => {
-                let (key, alg) = decoding_key(key)?;
-                // Exactly one algorithm, fixed by the key: a token whose header names another
-                // (`none`, or HS256 signed with a public key) fails validation.
-                let mut validation = Validation::new(alg);
-                validation.validate_nbf = true;
-                validation.validate_exp = true;
-                validation.leeway = 30;
-                validation.set_required_spec_claims(&["exp"]);
+                let keys = match key {
+                    JwtKey::Jwks(jwks) => JwtKeys::Jwks(Arc::new(Jwks::new(jwks)?)),
+                    JwtKey::Hmac(secret) => JwtKeys::Static {
+                        key: Box::new(DecodingKey::from_secret(secret)),
+                        validation: Box::new(validation(Algorithm::HS256)),
+                    },
+                    JwtKey::PublicPem(pem) => {
+                        let (key, alg) = public_pem(pem)?;
+                        JwtKeys::Static {
+                            key: Box::new(key),
+                            validation: Box::new(validation(alg)),
+                        }
+                    }
+                };
                 Mode::Jwt {
-                    key: Box::new(key),
-                    validation: Box::new(validation),
+                    keys,
                     groups_claim: groups_claim.clone(),
                     user_group: user_group.clone(),
                 }
             }
         };
         Ok(Self { mode, upstream })
+    }
+
+    /// The JWKS key source, when keys come from one: the caller registers its metrics and
+    /// runs its refresh task.
+    pub fn jwks(&self) -> Option<&Arc<Jwks>> {
+        match &self.mode {
+            Mode::Jwt {
+                keys: JwtKeys::Jwks(jwks),
+                ..
+            } => Some(jwks),
+            _ => None,
+        }
     }
 
     /// Authenticates a handshake and returns the groups the client joins.
@@ -176,8 +206,7 @@ impl Authenticator {
                 Identity { user: None, groups }
             }
             Mode::Jwt {
-                key,
-                validation,
+                keys,
                 groups_claim,
                 user_group,
             } => {
@@ -188,7 +217,22 @@ impl Authenticator {
                             "missing token: pass ?token=<jwt> or Authorization: Bearer <jwt>",
                         )
                     })?;
-                verify_jwt(token, key, validation, groups_claim, user_group)?
+                match keys {
+                    JwtKeys::Static { key, validation } => {
+                        verify_jwt(token, key, validation, groups_claim, user_group)?
+                    }
+                    JwtKeys::Jwks(jwks) => {
+                        let (key, alg) = jwks.key_for(token).await.map_err(|miss| match miss {
+                            KeyMiss::NotLoaded => Rejection::new(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                RejectReason::AuthUnavailable,
+                                miss.to_string(),
+                            ),
+                            miss => Rejection::unauthorized(miss.to_string()),
+                        })?;
+                        verify_jwt(token, &key.key, &validation(alg), groups_claim, user_group)?
+                    }
+                }
             }
             Mode::Forward {
                 path,
@@ -280,22 +324,29 @@ impl Authenticator {
     }
 }
 
-fn decoding_key(key: &JwtKey) -> Result<(DecodingKey, Algorithm), ConfigError> {
-    match key {
-        JwtKey::Hmac(secret) => Ok((DecodingKey::from_secret(secret), Algorithm::HS256)),
-        JwtKey::PublicPem(pem) => {
-            if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
-                return Ok((k, Algorithm::RS256));
-            }
-            if let Ok(k) = DecodingKey::from_ec_pem(pem) {
-                return Ok((k, Algorithm::ES256));
-            }
-            Err(ConfigError::new(
-                "--jwt-public-key-file",
-                "not an RSA or EC (P-256) public key in PEM form",
-            ))
-        }
+/// Exactly one algorithm, fixed by the key: a token whose header names another (`none`, or
+/// HS256 signed with a public key) fails validation.
+fn validation(alg: Algorithm) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.validate_nbf = true;
+    validation.validate_exp = true;
+    validation.leeway = 30;
+    validation.set_required_spec_claims(&["exp"]);
+    validation
+}
+
+/// An RSA (RS256) or EC P-256 (ES256) public key in PEM form.
+fn public_pem(pem: &[u8]) -> Result<(DecodingKey, Algorithm), ConfigError> {
+    if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
+        return Ok((k, Algorithm::RS256));
     }
+    if let Ok(k) = DecodingKey::from_ec_pem(pem) {
+        return Ok((k, Algorithm::ES256));
+    }
+    Err(ConfigError::new(
+        "--jwt-public-key-file",
+        "not an RSA or EC (P-256) public key in PEM form",
+    ))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {

@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod hub;
+pub mod jwks;
 pub mod metrics;
 pub mod origin;
 pub mod protocol;
@@ -76,6 +77,13 @@ pub async fn run(
     );
     let upstream = Upstream::new(config.upstream.clone(), metrics.clone());
     let auth = Authenticator::new(&config.auth, upstream.clone())?;
+    // Not ready until the first key set is in; marked before any listener answers /readyz.
+    let jwks_stop = CancellationToken::new();
+    let jwks_task = auth.jwks().map(|jwks| {
+        jwks.register(&mut registry);
+        health.set_keys_pending(true);
+        tokio::spawn(jwks.clone().run(health.clone(), jwks_stop.clone()))
+    });
     if let BrokerConfig::Redis { connect, .. } = &config.broker
         && connect.tls.insecure()
     {
@@ -184,6 +192,10 @@ pub async fn run(
     }
     broker_stop.cancel();
     if let Some((_, task)) = broker_task {
+        let _ = task.await;
+    }
+    jwks_stop.cancel();
+    if let Some(task) = jwks_task {
         let _ = task.await;
     }
     admin_stop.cancel();
