@@ -74,6 +74,10 @@ pub mod env {
     pub const JWT_SECRET_FILE: &str = "TASKSTREAM_JWT_SECRET_FILE";
     /// PEM public key file (RS256, ES256).
     pub const JWT_PUBLIC_KEY_FILE: &str = "TASKSTREAM_JWT_PUBLIC_KEY_FILE";
+    /// HTTPS URL of the identity provider's JWK Set (keys chosen by `kid`, refreshed).
+    pub const JWT_JWKS_URL: &str = "TASKSTREAM_JWT_JWKS_URL";
+    /// PEM CA bundle that signs the JWKS endpoint's certificate (a private CA).
+    pub const JWT_JWKS_CA_FILE: &str = "TASKSTREAM_JWT_JWKS_CA_FILE";
     /// JWT claim holding the client's groups.
     pub const JWT_GROUPS_CLAIM: &str = "TASKSTREAM_JWT_GROUPS_CLAIM";
     /// Group every authenticated user joins (`{sub}` is the user id).

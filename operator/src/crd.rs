@@ -244,7 +244,7 @@ pub struct WebSocketSpec {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("self.mode != 'jwt' || (has(self.jwt) && (has(self.jwt.secretRef) || has(self.jwt.publicKeyRef)))").message("auth.mode jwt needs auth.jwt.secretRef or auth.jwt.publicKeyRef"),
+    validation = Rule::new("self.mode != 'jwt' || (has(self.jwt) && (has(self.jwt.secretRef) || has(self.jwt.publicKeyRef) || has(self.jwt.jwksUrl)))").message("auth.mode jwt needs auth.jwt.secretRef, auth.jwt.publicKeyRef or auth.jwt.jwksUrl"),
     validation = Rule::new("self.mode == 'jwt' || !has(self.jwt)").message("auth.jwt is only allowed with auth.mode jwt"),
     validation = Rule::new("self.mode == 'forward' || !has(self.forward)").message("auth.forward is only allowed with auth.mode forward")
 )]
@@ -286,12 +286,26 @@ impl AuthMode {
 /// JWT verification settings.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!(has(self.secretRef) && has(self.publicKeyRef))").message("set only one of auth.jwt.secretRef and auth.jwt.publicKeyRef"))]
+#[x_kube(
+    validation = Rule::new("!(has(self.secretRef) && has(self.publicKeyRef))").message("set only one of auth.jwt.secretRef and auth.jwt.publicKeyRef"),
+    validation = Rule::new("!has(self.jwksUrl) || !(has(self.secretRef) || has(self.publicKeyRef))").message("auth.jwt.jwksUrl excludes auth.jwt.secretRef and auth.jwt.publicKeyRef: with a JWKS only the identity provider's published keys are trusted"),
+    validation = Rule::new("!has(self.jwksCaSecretRef) || has(self.jwksUrl)").message("auth.jwt.jwksCaSecretRef is only used with auth.jwt.jwksUrl")
+)]
 pub struct JwtSpec {
     /// Secret key holding the HS256 shared secret.
     pub secret_ref: Option<SecretKeyRef>,
     /// Secret key holding a PEM public key (RS256/ES256), mounted into the sidecar as a file.
     pub public_key_ref: Option<SecretKeyRef>,
+    /// HTTPS URL of the identity provider's JWK Set (its `jwks_uri`): keys chosen by `kid`,
+    /// refreshed by the sidecar. Excludes `secretRef` and `publicKeyRef`.
+    #[schemars(
+        regex(pattern = r"^https://[^\s/?#@]+([/?#]\S*)?$"),
+        length(max = 2048)
+    )]
+    pub jwks_url: Option<String>,
+    /// Secret key holding the PEM CA bundle that signs the JWKS server's certificate (a
+    /// private CA; default: the system roots). Mounted into the sidecar as a file.
+    pub jwks_ca_secret_ref: Option<SecretKeyRef>,
     /// Claim listing the user's groups (default `groups`).
     pub groups_claim: Option<String>,
     /// Template of the per-user group (default `user:{sub}`).
@@ -567,6 +581,7 @@ impl TaskStreamSpec {
         {
             refs.extend(jwt.secret_ref.clone());
             refs.extend(jwt.public_key_ref.clone());
+            refs.extend(jwt.jwks_ca_secret_ref.clone());
         }
         refs
     }

@@ -136,12 +136,27 @@ pub fn validate(ts: &TaskStream) -> Result<()> {
         AuthMode::Jwt => {
             let jwt = spec.auth.jwt.as_ref();
             let keys = jwt.map_or(0, |j| {
-                usize::from(j.secret_ref.is_some()) + usize::from(j.public_key_ref.is_some())
+                usize::from(j.secret_ref.is_some())
+                    + usize::from(j.public_key_ref.is_some())
+                    + usize::from(j.jwks_url.is_some())
             });
             if keys != 1 {
                 return Err(invalid(
-                    "auth.mode jwt needs exactly one of auth.jwt.secretRef and auth.jwt.publicKeyRef",
+                    "auth.mode jwt needs exactly one of auth.jwt.secretRef, auth.jwt.publicKeyRef and auth.jwt.jwksUrl",
                 ));
+            }
+            if let Some(j) = jwt {
+                if j.jwks_url
+                    .as_deref()
+                    .is_some_and(|u| !u.starts_with("https://"))
+                {
+                    return Err(invalid("auth.jwt.jwksUrl must be an https:// URL"));
+                }
+                if j.jwks_ca_secret_ref.is_some() && j.jwks_url.is_none() {
+                    return Err(invalid(
+                        "auth.jwt.jwksCaSecretRef is only used with auth.jwt.jwksUrl",
+                    ));
+                }
             }
         }
         AuthMode::Forward => {

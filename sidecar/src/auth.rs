@@ -1,24 +1,29 @@
 //! Who a WebSocket client is and which groups it may join, decided before the upgrade.
 //!
-//! Modes: `jwt` (token from `?token=` or `Authorization: Bearer`), `forward` (ask the app at
+//! Modes: `jwt` (token from `?token=` or `Authorization: Bearer`; a static key, or the keys of a
+//! JWKS endpoint chosen by `kid`, see `crate::jwks`), `forward` (ask the app at
 //! `GET <upstream><auth-path>` with the client's cookies), `none` (groups from `?groups=`).
 //! In every mode `?groups=a,b` may narrow the granted groups, never widen them.
 //! Tokens and cookies are never logged.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use tracing::warn;
 
-use crate::config::{AuthConfig, JwtKey};
+mod jwt;
+use jwt::JwtKeys;
+
+use crate::config::AuthConfig;
 use crate::error::ConfigError;
+use crate::jwks::Jwks;
 use crate::metrics::RejectReason;
 use crate::proxy::{Upstream, add_forwarded, empty};
 
@@ -98,8 +103,7 @@ impl WsQuery {
 
 enum Mode {
     Jwt {
-        key: Box<DecodingKey>,
-        validation: Box<Validation>,
+        keys: JwtKeys,
         groups_claim: String,
         user_group: String,
     },
@@ -142,24 +146,25 @@ impl Authenticator {
                 key,
                 groups_claim,
                 user_group,
-            } => {
-                let (key, alg) = decoding_key(key)?;
-                // Exactly one algorithm, fixed by the key: a token whose header names another
-                // (`none`, or HS256 signed with a public key) fails validation.
-                let mut validation = Validation::new(alg);
-                validation.validate_nbf = true;
-                validation.validate_exp = true;
-                validation.leeway = 30;
-                validation.set_required_spec_claims(&["exp"]);
-                Mode::Jwt {
-                    key: Box::new(key),
-                    validation: Box::new(validation),
-                    groups_claim: groups_claim.clone(),
-                    user_group: user_group.clone(),
-                }
-            }
+            } => Mode::Jwt {
+                keys: JwtKeys::new(key)?,
+                groups_claim: groups_claim.clone(),
+                user_group: user_group.clone(),
+            },
         };
         Ok(Self { mode, upstream })
+    }
+
+    /// The JWKS key source, when keys come from one: the caller registers its metrics and
+    /// runs its refresh task.
+    pub fn jwks(&self) -> Option<&Arc<Jwks>> {
+        match &self.mode {
+            Mode::Jwt {
+                keys: JwtKeys::Jwks(jwks),
+                ..
+            } => Some(jwks),
+            _ => None,
+        }
     }
 
     /// Authenticates a handshake and returns the groups the client joins.
@@ -176,8 +181,7 @@ impl Authenticator {
                 Identity { user: None, groups }
             }
             Mode::Jwt {
-                key,
-                validation,
+                keys,
                 groups_claim,
                 user_group,
             } => {
@@ -188,7 +192,7 @@ impl Authenticator {
                             "missing token: pass ?token=<jwt> or Authorization: Bearer <jwt>",
                         )
                     })?;
-                verify_jwt(token, key, validation, groups_claim, user_group)?
+                keys.verify(token, groups_claim, user_group).await?
             }
             Mode::Forward {
                 path,
@@ -280,24 +284,6 @@ impl Authenticator {
     }
 }
 
-fn decoding_key(key: &JwtKey) -> Result<(DecodingKey, Algorithm), ConfigError> {
-    match key {
-        JwtKey::Hmac(secret) => Ok((DecodingKey::from_secret(secret), Algorithm::HS256)),
-        JwtKey::PublicPem(pem) => {
-            if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
-                return Ok((k, Algorithm::RS256));
-            }
-            if let Ok(k) = DecodingKey::from_ec_pem(pem) {
-                return Ok((k, Algorithm::ES256));
-            }
-            Err(ConfigError::new(
-                "--jwt-public-key-file",
-                "not an RSA or EC (P-256) public key in PEM form",
-            ))
-        }
-    }
-}
-
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
@@ -305,50 +291,6 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
-}
-
-fn verify_jwt(
-    token: &str,
-    key: &DecodingKey,
-    validation: &Validation,
-    groups_claim: &str,
-    user_group: &str,
-) -> Result<Identity, Rejection> {
-    use jsonwebtoken::errors::ErrorKind;
-    let data =
-        jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, key, validation)
-            .map_err(|e| {
-                let why = match e.kind() {
-                    ErrorKind::ExpiredSignature => "token expired",
-                    ErrorKind::ImmatureSignature => "token not valid yet (nbf)",
-                    ErrorKind::InvalidSignature => "token signature invalid",
-                    ErrorKind::InvalidAlgorithm => "token algorithm not accepted",
-                    ErrorKind::MissingRequiredClaim(_) => "token lacks a required claim (exp)",
-                    _ => "token malformed or not accepted",
-                };
-                Rejection::unauthorized(why)
-            })?;
-    let claims = data.claims;
-    let mut groups: Vec<String> = match claims.get(groups_claim) {
-        Some(serde_json::Value::Array(items)) => items
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
-        Some(serde_json::Value::String(s)) => vec![s.clone()],
-        _ => Vec::new(),
-    };
-    let user = claims
-        .get("sub")
-        .and_then(|v| match v {
-            serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        })
-        .filter(|s| !s.is_empty());
-    if let Some(sub) = &user {
-        groups.extend(user_group_of(user_group, sub));
-    }
-    Ok(Identity { user, groups })
 }
 
 fn user_group_of(template: &str, user: &str) -> Option<String> {

@@ -132,6 +132,16 @@ pub struct Args {
     #[arg(long, env = env::JWT_PUBLIC_KEY_FILE)]
     pub jwt_public_key_file: Option<PathBuf>,
 
+    /// HTTPS URL of the identity provider's JWK Set (its `jwks_uri`) for `--auth jwt`: keys
+    /// chosen by `kid` (RS256/384/512, ES256/384, EdDSA), refreshed in the background.
+    /// Excludes `--jwt-secret*` and `--jwt-public-key-file`.
+    #[arg(long, env = env::JWT_JWKS_URL)]
+    pub jwt_jwks_url: Option<String>,
+
+    /// PEM CA bundle trusted for `--jwt-jwks-url` instead of the system roots (a private CA).
+    #[arg(long, env = env::JWT_JWKS_CA_FILE)]
+    pub jwt_jwks_ca_file: Option<PathBuf>,
+
     /// JWT claim holding the client's groups (an array of strings).
     #[arg(long, env = env::JWT_GROUPS_CLAIM, default_value = default::JWT_GROUPS_CLAIM)]
     pub jwt_groups_claim: String,
@@ -208,6 +218,8 @@ pub struct Args {
 pub enum JwtKey {
     Hmac(Vec<u8>),
     PublicPem(Vec<u8>),
+    /// Keys fetched from a JWKS URL (`--jwt-jwks-url`).
+    Jwks(crate::jwks::JwksConfig),
 }
 
 impl std::fmt::Debug for JwtKey {
@@ -216,6 +228,7 @@ impl std::fmt::Debug for JwtKey {
         match self {
             JwtKey::Hmac(_) => f.write_str("Hmac(<redacted>)"),
             JwtKey::PublicPem(_) => f.write_str("PublicPem(..)"),
+            JwtKey::Jwks(c) => write!(f, "Jwks({})", c.url),
         }
     }
 }
@@ -335,11 +348,13 @@ impl Args {
                 }
             }
             AuthMode::Jwt => {
-                let key = jwt_key(
-                    self.jwt_secret,
-                    self.jwt_secret_file,
-                    self.jwt_public_key_file,
-                )?;
+                let key = jwt_key(JwtKeyFlags {
+                    secret: self.jwt_secret,
+                    secret_file: self.jwt_secret_file,
+                    public_key_file: self.jwt_public_key_file,
+                    jwks_url: self.jwt_jwks_url,
+                    jwks_ca_file: self.jwt_jwks_ca_file,
+                })?;
                 AuthConfig::Jwt {
                     key,
                     groups_claim: self.jwt_groups_claim,
@@ -441,7 +456,7 @@ impl Args {
 }
 
 mod jwt;
-use jwt::jwt_key;
+use jwt::{JwtKeyFlags, jwt_key};
 
 #[cfg(test)]
 mod tests;

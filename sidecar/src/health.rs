@@ -3,6 +3,8 @@
 //! `/readyz` says whether the pod can serve: listening and not shutting down. The broker's state
 //! is reported apart (`/readyz/broker`, `taskstream_broker_up`), so a Redis outage does not take
 //! the app's plain HTTP out of the Service; `--ready-requires-broker` ties the two together again.
+//! With `--jwt-jwks-url`, `/readyz` also waits for the first good key set: without it no client
+//! could connect.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -11,6 +13,8 @@ pub struct Health {
     broker_up: AtomicBool,
     broker_ever_up: AtomicBool,
     shutting_down: AtomicBool,
+    /// JWT keys are expected from a JWKS and none has arrived yet.
+    keys_pending: AtomicBool,
     /// `--ready-requires-broker`: `/readyz` also needs the broker connected.
     requires_broker: bool,
 }
@@ -48,9 +52,16 @@ impl Health {
         self.shutting_down.load(Ordering::Acquire)
     }
 
+    /// `true` before the first JWKS fetch, `false` once a good key set is in.
+    pub fn set_keys_pending(&self, pending: bool) {
+        self.keys_pending.store(pending, Ordering::Release);
+    }
+
     /// Whether `/readyz` answers 200.
     pub fn ready(&self) -> bool {
-        !self.shutting_down() && (!self.requires_broker || self.broker_up())
+        !self.shutting_down()
+            && !self.keys_pending.load(Ordering::Acquire)
+            && (!self.requires_broker || self.broker_up())
     }
 }
 
@@ -67,6 +78,15 @@ mod tests {
         assert!(h.ready(), "a Redis outage keeps the pod ready");
         h.set_shutting_down();
         assert!(!h.ready());
+    }
+
+    #[test]
+    fn ready_waits_for_the_first_key_set() {
+        let h = Health::new(false);
+        h.set_keys_pending(true);
+        assert!(!h.ready());
+        h.set_keys_pending(false);
+        assert!(h.ready());
     }
 
     #[test]

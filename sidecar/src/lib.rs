@@ -20,6 +20,7 @@ pub(crate) mod channels;
 pub(crate) mod duration;
 pub(crate) mod health;
 pub(crate) mod hub;
+pub(crate) mod jwks;
 pub(crate) mod metrics;
 pub(crate) mod origin;
 pub(crate) mod protocol;
@@ -86,6 +87,13 @@ pub async fn run(
     );
     let upstream = Upstream::new(config.upstream.clone(), metrics.clone());
     let auth = Authenticator::new(&config.auth, upstream.clone())?;
+    // Not ready until the first key set is in; marked before any listener answers /readyz.
+    let jwks_stop = CancellationToken::new();
+    let jwks_task = auth.jwks().map(|jwks| {
+        jwks.register(&mut registry);
+        health.set_keys_pending(true);
+        tokio::spawn(jwks.clone().run(health.clone(), jwks_stop.clone()))
+    });
     if let BrokerConfig::Redis { connect, .. } = &config.broker
         && connect.tls.insecure()
     {
@@ -193,6 +201,10 @@ pub async fn run(
     }
     broker_stop.cancel();
     if let Some((_, task)) = broker_task {
+        let _ = task.await;
+    }
+    jwks_stop.cancel();
+    if let Some(task) = jwks_task {
         let _ = task.await;
     }
     admin_stop.cancel();

@@ -152,7 +152,28 @@ pub fn binary() -> PathBuf {
     BIN.get_or_init(|| {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
+        let mut build = Command::new(cargo);
+        // What cargo sets for this test process (CARGO_PKG_*, CARGO_MANIFEST_DIR, ...) is not the
+        // outer build's environment: ring's build script watches some of it, so inheriting it
+        // rebuilt ring and everything above it here, and again in the next `cargo test`.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p))
+                || name == "CARGO_TARGET_TMPDIR"
+                || name == "CARGO_RUSTC_CURRENT_DIR"
+            {
+                build.env_remove(name.as_ref());
+            }
+        }
+        let status = build
             .args([
                 "build",
                 "-q",

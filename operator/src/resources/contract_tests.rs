@@ -64,6 +64,7 @@ impl Pems {
             ("redis-client", "tls.crt") => &self.client_cert,
             ("redis-client", "tls.key") => &self.client_key,
             ("jwt-public", "key.pem") => &self.jwt_public_key,
+            ("idp-ca", "ca.crt") => &self.ca,
             _ => panic!("the pod mounts Secret file {secret}/{key}, which has no stand-in"),
         }
     }
@@ -393,6 +394,41 @@ spec:
     assert!(config.history.is_none());
     assert_eq!(args.log_format, LogFormat::Json);
     assert_eq!(rust_log.as_deref(), Some("info"));
+}
+
+/// jwt with keys from an identity provider's JWKS endpoint behind a private CA.
+#[test]
+fn a_jwks_spec_reaches_the_sidecar() {
+    let ts = taskstream(&format!(
+        "{HEAD}
+spec:
+  app: {{image: 'shop:1', port: 3000}}
+  redis: {{url: 'redis://redis:6379'}}
+  auth:
+    mode: jwt
+    jwt:
+      jwksUrl: 'https://idp.example.com/realms/shop/protocol/openid-connect/certs'
+      jwksCaSecretRef: {{name: idp-ca, key: ca.crt}}
+"
+    ));
+    let pems = Pems::new();
+    let Parsed { config, .. } = parse(&ts, &pems, "jwks");
+    let AuthConfig::Jwt {
+        key: JwtKey::Jwks(jwks),
+        ..
+    } = &config.auth
+    else {
+        panic!("jwt with a JWKS URL, got {:?}", config.auth);
+    };
+    assert_eq!(
+        jwks.url.to_string(),
+        "https://idp.example.com/realms/shop/protocol/openid-connect/certs"
+    );
+    assert_eq!(
+        jwks.roots.as_ref().map(Vec::len),
+        Some(1),
+        "the mounted CA is the only root"
+    );
 }
 
 /// Forward auth with its path and timeout; one Redis server, history with the sidecar's TTL.

@@ -32,6 +32,10 @@ pub const ADMIN_PORT: i32 = contract::ADMIN_PORT as i32;
 pub const JWT_KEY_DIR: &str = "/etc/taskstream/jwt";
 /// Name of the JWT public key volume.
 pub const JWT_KEY_VOLUME: &str = "taskstream-jwt-key";
+/// Where the CA bundle of the JWKS server (`auth.jwt.jwksCaSecretRef`) is mounted.
+pub const JWKS_CA_DIR: &str = "/etc/taskstream/jwks-ca";
+/// Name of the JWKS CA volume.
+pub const JWKS_CA_VOLUME: &str = "taskstream-jwks-ca";
 /// Where the Redis CA bundle Secret is mounted.
 pub const REDIS_CA_DIR: &str = "/etc/taskstream/redis-ca";
 /// Name of the Redis CA volume.
@@ -148,6 +152,14 @@ pub fn env(spec: &TaskStreamSpec) -> Vec<EnvVar> {
                     env::JWT_PUBLIC_KEY_FILE,
                     format!("{JWT_KEY_DIR}/{}", r.key),
                 ));
+            } else if let Some(url) = &jwt.jwks_url {
+                env.push(plain(env::JWT_JWKS_URL, url));
+                if let Some(r) = &jwt.jwks_ca_secret_ref {
+                    env.push(plain(
+                        env::JWT_JWKS_CA_FILE,
+                        format!("{JWKS_CA_DIR}/{}", r.key),
+                    ));
+                }
             }
             env.push(plain(
                 env::JWT_GROUPS_CLAIM,
@@ -239,7 +251,8 @@ fn secret_mount(
 }
 
 /// The Secret files the sidecar reads: the JWT public key (jwt mode with `publicKeyRef`), the
-/// Redis CA bundle and the Redis client certificate, each in its own directory.
+/// JWKS server's CA bundle (`jwksUrl` with `jwksCaSecretRef`), the Redis CA bundle and the
+/// Redis client certificate, each in its own directory.
 pub fn secret_mounts(spec: &TaskStreamSpec) -> Vec<SecretMount> {
     let mut mounts = Vec::new();
     if spec.auth.mode == AuthMode::Jwt
@@ -252,6 +265,20 @@ pub fn secret_mounts(spec: &TaskStreamSpec) -> Vec<SecretMount> {
             &r.name,
             &[&r.key],
             JWT_KEY_DIR,
+        ));
+    }
+    if spec.auth.mode == AuthMode::Jwt
+        && let Some(jwt) = &spec.auth.jwt
+        && jwt.secret_ref.is_none()
+        && jwt.public_key_ref.is_none()
+        && jwt.jwks_url.is_some()
+        && let Some(r) = &jwt.jwks_ca_secret_ref
+    {
+        mounts.push(secret_mount(
+            JWKS_CA_VOLUME,
+            &r.name,
+            &[&r.key],
+            JWKS_CA_DIR,
         ));
     }
     if let Some(tls) = &spec.redis.tls {

@@ -1,10 +1,11 @@
 //! Builder tests of the sidecar's production settings: Redis TLS (mounted certificate files),
-//! Sentinel, Cluster, history and log format.
+//! Sentinel, Cluster, history, log format and JWT keys from a JWKS URL.
 
 use super::test_support::{built, env_of, env_value, pod, sidecar_of};
 use super::*;
 use crate::crd::{
-    HistorySpec, RedisSentinelSpec, RedisTlsSpec, SecretNameRef, SidecarLogFormat, SidecarSpec,
+    AuthMode, AuthSpec, HistorySpec, JwtSpec, RedisSentinelSpec, RedisTlsSpec, SecretNameRef,
+    SidecarLogFormat, SidecarSpec,
 };
 use crate::fixtures::{key, params};
 
@@ -181,5 +182,94 @@ fn sidecar_logs_json_unless_told_otherwise() {
     assert_eq!(
         env_value(&built(&ts).deployment, "TASKSTREAM_LOG_FORMAT").as_deref(),
         Some("text")
+    );
+}
+
+// --- JWT keys from a JWKS endpoint --------------------------------------------------------------
+
+fn with_jwks(ca: Option<(&str, &str)>) -> TaskStream {
+    let mut ts = TaskStream::test();
+    ts.spec.auth = AuthSpec {
+        mode: AuthMode::Jwt,
+        jwt: Some(JwtSpec {
+            jwks_url: Some(
+                "https://idp.example.com/realms/app/protocol/openid-connect/certs".into(),
+            ),
+            jwks_ca_secret_ref: ca.map(|(name, k)| key(name, k)),
+            ..Default::default()
+        }),
+        forward: None,
+    };
+    ts
+}
+
+#[test]
+fn jwks_url_reaches_the_sidecar_with_its_private_ca_mounted() {
+    let d = built(&with_jwks(None)).deployment;
+    assert_eq!(
+        env_value(&d, "TASKSTREAM_JWT_JWKS_URL").as_deref(),
+        Some("https://idp.example.com/realms/app/protocol/openid-connect/certs")
+    );
+    assert!(env_of(&d, "TASKSTREAM_JWT_JWKS_CA_FILE").is_none());
+    assert!(env_of(&d, "TASKSTREAM_JWT_SECRET").is_none());
+    assert!(env_of(&d, "TASKSTREAM_JWT_PUBLIC_KEY_FILE").is_none());
+    assert!(pod(&d).volumes.is_none(), "system roots: nothing to mount");
+
+    let ts = with_jwks(Some(("idp-ca", "ca.crt")));
+    let d = built(&ts).deployment;
+    assert_eq!(
+        env_value(&d, "TASKSTREAM_JWT_JWKS_CA_FILE").as_deref(),
+        Some("/etc/taskstream/jwks-ca/ca.crt")
+    );
+    let volumes = pod(&d).volumes.clone().unwrap_or_default();
+    assert_eq!(volumes.len(), 1);
+    assert_eq!(volumes[0].name, "taskstream-jwks-ca");
+    let secret = volumes[0].secret.as_ref().expect("secret volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("idp-ca"));
+    let mounts = sidecar_of(&d).volume_mounts.clone().unwrap_or_default();
+    assert_eq!(mounts[0].mount_path, "/etc/taskstream/jwks-ca");
+    assert_eq!(mounts[0].read_only, Some(true));
+    // The CA Secret is checked before rolling, and a new CA rolls the pods.
+    assert!(ts.spec.secret_refs().contains(&key("idp-ca", "ca.crt")));
+}
+
+#[test]
+fn jwks_specs_the_api_server_should_have_refused_are_invalid() {
+    let mut http = with_jwks(None);
+    if let Some(jwt) = http.spec.auth.jwt.as_mut() {
+        jwt.jwks_url = Some("http://idp.example.com/certs".into());
+    }
+    let mut with_secret = with_jwks(None);
+    if let Some(jwt) = with_secret.spec.auth.jwt.as_mut() {
+        jwt.secret_ref = Some(key("jwt", "secret"));
+    }
+    let mut ca_alone = TaskStream::test().with_jwt_secret("jwt", "secret");
+    if let Some(jwt) = ca_alone.spec.auth.jwt.as_mut() {
+        jwt.jwks_ca_secret_ref = Some(key("idp-ca", "ca.crt"));
+    }
+    for (what, ts, says) in [
+        ("http", http, "https://"),
+        ("jwks and a secret", with_secret, "exactly one"),
+        ("a CA without jwksUrl", ca_alone, "jwksCaSecretRef"),
+    ] {
+        let err = build(&ts, &params(), None).expect_err(what);
+        assert_eq!(err.metric_label(), "invalid_spec", "{what}: {err}");
+        assert!(err.to_string().contains(says), "{what}: {err}");
+    }
+}
+
+#[test]
+fn crd_requires_https_for_jwks_and_excludes_static_keys() {
+    let json = serde_json::to_string(&crate::crd::crd()).expect("crd serializes");
+    for rule in [
+        "has(self.jwt.jwksUrl)",
+        "!has(self.jwksUrl) || !(has(self.secretRef) || has(self.publicKeyRef))",
+        "!has(self.jwksCaSecretRef) || has(self.jwksUrl)",
+    ] {
+        assert!(json.contains(rule), "missing CEL rule {rule}");
+    }
+    assert!(
+        json.contains(r#""pattern":"^https://[^\\s/?#@]+([/?#]\\S*)?$""#),
+        "jwksUrl must be https"
     );
 }

@@ -189,3 +189,59 @@ fn history_flags() {
     let strict = [&base[..], &["--ready-requires-broker"]].concat();
     assert!(args(&strict).unwrap().ready_requires_broker);
 }
+
+#[test]
+fn jwks_url_is_https_and_excludes_static_keys() {
+    let base = ["--auth", "jwt", "--broker", "memory"];
+    let with = |extra: &[&str]| {
+        let mut a = base.to_vec();
+        a.extend_from_slice(extra);
+        args(&a)
+    };
+    let cfg = with(&["--jwt-jwks-url", "https://idp.example.com/jwks"]).unwrap();
+    assert!(matches!(
+        cfg.auth,
+        AuthConfig::Jwt { key: JwtKey::Jwks(ref c), .. } if c.url == "https://idp.example.com/jwks" && c.roots.is_none()
+    ));
+    let err = with(&["--jwt-jwks-url", "http://idp.example.com/jwks"]).unwrap_err();
+    assert!(
+        err.contains("--jwt-jwks-url") && err.contains("https://"),
+        "{err}"
+    );
+    let err = with(&["--jwt-jwks-url", "https:///jwks"]).unwrap_err();
+    assert!(err.contains("--jwt-jwks-url"), "{err}");
+    let err = with(&[
+        "--jwt-jwks-url",
+        "https://idp.example.com/jwks",
+        "--jwt-secret",
+        "0123456789abcdef0123",
+    ])
+    .unwrap_err();
+    assert!(
+        err.contains("--jwt-jwks-url") && err.contains("only one"),
+        "{err}"
+    );
+    let err = with(&["--jwt-jwks-ca-file", "/nonexistent"]).unwrap_err();
+    assert!(err.contains("--jwt-jwks-ca-file"), "{err}");
+    let err = with(&[
+        "--jwt-jwks-url",
+        "https://idp.example.com/jwks",
+        "--jwt-jwks-ca-file",
+        "/nonexistent/ca.pem",
+    ])
+    .unwrap_err();
+    assert!(
+        err.contains("--jwt-jwks-ca-file") && err.contains("/nonexistent/ca.pem"),
+        "{err}"
+    );
+    // A file without a certificate (a private key) is refused, naming the flag.
+    let key = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/jwks/ec256-a.pem");
+    let err = with(&[
+        "--jwt-jwks-url",
+        "https://idp.example.com/jwks",
+        "--jwt-jwks-ca-file",
+        key,
+    ])
+    .unwrap_err();
+    assert!(err.contains("no PEM certificate"), "{err}");
+}
