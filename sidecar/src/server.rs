@@ -210,6 +210,16 @@ async fn handshake(
     // client admitted at once (and subscribed when Redis is back).
     let confirmed =
         !shared.health.broker_lost() && membership.wait_confirmed(CONFIRM_TIMEOUT).await;
+    // Positions at connect: read now, so that every event after the handshake is after them.
+    let placed = crate::resume::read_positions(
+        &shared.broker,
+        v1,
+        membership.groups(),
+        &resume,
+        confirmed,
+        CONFIRM_TIMEOUT,
+    )
+    .await;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let shared2 = shared.clone();
     shared.tasks.spawn(async move {
@@ -239,6 +249,7 @@ async fn handshake(
             v1,
             resume,
             confirmed,
+            placed,
             user: identity.user,
         };
         session::run(ws, stall, membership, &shared2, peer, options).await;

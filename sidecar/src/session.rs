@@ -27,7 +27,7 @@ use tracing::{debug, info};
 use crate::broker::id::StreamId;
 use crate::hub::{Event, Membership};
 use crate::metrics::CloseReason;
-use crate::resume::{self as catchup, Positions};
+use crate::resume::{self as catchup, Placed, Positions};
 use crate::server::Shared;
 use crate::stall::{Stall, StallFlag};
 
@@ -50,6 +50,8 @@ pub struct Options {
     pub resume: Vec<(String, StreamId)>,
     /// The broker confirmed its subscriptions before the 101 (every later event is live).
     pub confirmed: bool,
+    /// Positions at connect of the groups without a `last_id`, read before the 101.
+    pub placed: Placed,
     pub user: Option<String>,
 }
 
@@ -66,6 +68,7 @@ pub async fn run(
         v1,
         resume,
         confirmed,
+        placed,
         user,
     } = options;
     let metrics = &shared.metrics;
@@ -86,6 +89,18 @@ pub async fn run(
 
     // Missed events first; live ones wait in the queue meanwhile (subscribed before the 101).
     let mut positions = Positions::default();
+    // Positions at connect (read before the 101) for the groups without a last_id.
+    if !matches!(placed, Placed::Nothing) {
+        let sent = tokio::select! {
+            r = tokio::time::timeout(interval, catchup::place(&mut sink, metrics, placed, &mut positions)) => r,
+            _ = &mut shutdown => Ok(Err(WsError::ConnectionClosed)),
+        };
+        if let Some(reason) = caught_up_or_close(&mut sink, sent, peer).await {
+            metrics.closed(reason);
+            metrics.connections.dec();
+            return;
+        }
+    }
     if !resume.is_empty() {
         let caught_up = tokio::select! {
             // Boxed: a history read is a large future, and inline it would grow every idle

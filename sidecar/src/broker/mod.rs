@@ -10,6 +10,7 @@
 //!
 //! One file per concern:
 //! - [`history`], [`id`]: event history per group and its ids (resume, reset).
+//! - [`positions`]: where each group stands at connect (the newest stored id, one round trip).
 //! - [`options`]: the TLS / Sentinel / Cluster flags and their validation.
 //! - [`tls`]: CA bundle, client certificate, insecure mode (rustls through redis-rs).
 //! - [`endpoint`]: one server, the Sentinel master, or a Cluster, as the source connects to it.
@@ -27,6 +28,7 @@ pub mod history;
 pub mod id;
 pub mod inbox;
 pub mod options;
+pub mod positions;
 pub mod sentinel;
 pub mod subscriber;
 pub mod tls;
