@@ -1,12 +1,12 @@
 //! Positions at connect: the newest stored event id of each group of a connection, read in one
 //! round trip, so that a `taskstream.v1` client learns where it stands in groups it named no
-//! `last_id` for (`crate::resume::place`).
+//! `last_id` for (`crate::resume::read_positions`).
 //!
 //! ```text
-//! session (subscribed) --> Broker::positions([G1, G2, ...])
+//! handshake (subscribed, before the 101) --> Broker::positions([G1, G2, ...])
 //!     memory:          the ring's newest id per group, each under the ring's lock
 //!     single/Sentinel: EVALSHA positions.lua KEYS=<prefix>G1 <prefix>G2 ...   (one call)
-//!     Cluster:         one EVALSHA per slot, all in flight at once: one round trip per node
+//!     Cluster:         one EVALSHA per slot, all sent at once (pipelined per node): one round trip
 //!                  --> [id or 0 per group]
 //! ```
 //!
