@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use taskstream_bench::procs::{Bins, Kind};
 use taskstream_bench::report;
-use taskstream_bench::scenario::{Broker, Ctx, broadcast, fanout, idle, proxy, reconnect, resume};
+use taskstream_bench::scenario::{
+    Broker, Ctx, broadcast, fanout, idle, positions, proxy, reconnect, resume,
+};
 
 #[derive(Parser)]
 #[command(
@@ -114,6 +116,21 @@ enum Scenario {
         #[arg(long, default_value_t = 2000)]
         outage_ms: u64,
     },
+    /// Connect storm (--broker redis, sidecar only): taskstream.v1 clients with several groups
+    /// each; what positions at connect cost (history on: one read per client and a `position`
+    /// frame per group; off: the sidecar without history, nothing read).
+    Connect {
+        #[arg(long, default_value_t = 10_000)]
+        conns: usize,
+        #[arg(long, default_value_t = 1000)]
+        groups: usize,
+        /// Groups in each client's token; its own `user:{sub}` group comes on top.
+        #[arg(long, default_value_t = 4)]
+        groups_per_conn: usize,
+        /// Measure with positions, without, or both (without first, then with).
+        #[arg(long, value_enum, default_value = "both")]
+        positions: PositionsArg,
+    },
     /// Every scenario with its defaults, then the summary table and the plot.
     All {
         #[command(flatten)]
@@ -128,6 +145,13 @@ enum Scenario {
         #[arg(long, default_value = "docs/bench-latency.svg")]
         svg: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PositionsArg {
+    On,
+    Off,
+    Both,
 }
 
 #[derive(Clone, clap::Args)]
@@ -282,6 +306,33 @@ impl Run {
                         let v = reconnect::run(&self.ctx, kind, a).await?;
                         let variant = format!("{conns} conns, jitter {jitter_ms} ms");
                         self.emit(tag(v, "reconnect", &variant, kind, run, broker))?;
+                    }
+                }
+                Scenario::Connect {
+                    conns,
+                    groups,
+                    groups_per_conn,
+                    positions: which,
+                } => {
+                    let variants: &[bool] = match which {
+                        PositionsArg::On => &[true],
+                        PositionsArg::Off => &[false],
+                        PositionsArg::Both => &[false, true],
+                    };
+                    for &with in variants {
+                        let a = positions::Args {
+                            conns: *conns,
+                            groups: *groups,
+                            groups_per_conn: *groups_per_conn,
+                            positions: with,
+                        };
+                        let v = positions::run(&self.ctx, a).await?;
+                        let variant = format!(
+                            "{conns} conns x {} groups, positions {}",
+                            groups_per_conn + 1,
+                            if with { "on" } else { "off" }
+                        );
+                        self.emit(tag(v, "connect", &variant, Kind::Sidecar, run, broker))?;
                     }
                 }
                 Scenario::All { .. } | Scenario::Report { .. } => {}

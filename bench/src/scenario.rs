@@ -4,6 +4,7 @@
 pub mod broadcast;
 pub mod fanout;
 pub mod idle;
+pub mod positions;
 pub mod proxy;
 pub mod reconnect;
 pub mod resume;
@@ -116,6 +117,7 @@ impl Target {
             reconnect_jitter: None,
             deadline: ctx.deadline,
             v1: false,
+            groups_per_conn: 1,
         })
         .await
     }

@@ -82,10 +82,18 @@ export interface TaskStreamOptions {
   fetch?: typeof fetch;
 }
 
+/** Where the connection stands in a group it had no id for (`{"type":"position"}`): the newest
+ *  stored event's id, `"0"` when there is none. Stored like an event id and resumed from. */
+export interface PositionEvent {
+  group: string;
+  id: string;
+}
+
 export interface TaskStreamEvents {
   event: TaskEvent;
   progress: ProgressEvent;
   reset: ResetEvent;
+  position: PositionEvent;
   state: ConnectionState;
   error: Error;
 }
@@ -111,9 +119,9 @@ export declare class TaskStream {
   connect(): void;
   /** Closes for good (state "stopped"); `connect()` starts again. */
   close(): void;
-  /** The last event id seen for `group`. */
+  /** The last event id seen for `group`, or the position the sidecar gave for it. */
   lastId(group: string): string | undefined;
-  /** Every group's last event id. */
+  /** Every group's last event id (or position). */
   lastIds(): Record<string, string>;
   /** The URL of the next attempt (groups, params and one `last_id` per group). */
   url(): string;

@@ -3,6 +3,8 @@
 //   page --new TaskStream({url})--> [connect] --ws, subprotocol taskstream.v1, ?last_id=g:id...--> sidecar
 //   sidecar --{"type":"event",group,id,data}--> [frame] --> lastIds[group] = id --> on("event"), on("progress")
 //   sidecar --{"type":"reset",group,reason}---> [frame] --> on("reset"): refetch that group's state
+//   sidecar --{"type":"position",group,id}----> [frame] --> lastIds[group] = id (resume from there)
+//   sidecar --{"type":<anything else>}---------> ignored (a later frame type never breaks a page)
 //   close  --> state "reconnecting" --> capped jittered backoff (at once on online / page visible) --> [connect]
 //   close before open --> HTTP preflight of the same URL: 401/403 --> state "stopped", on("error")
 //
@@ -74,7 +76,7 @@ function parseMaybeJson(text) {
  * A reconnecting, resuming connection to a taskstream sidecar.
  *
  * Events: "event" ({group, id, data}), "progress" ({group, id, task, percent, state, message}),
- * "reset" ({group, reason}), "state" (state string), "error" (Error).
+ * "reset" ({group, reason}), "position" ({group, id}), "state" (state string), "error" (Error).
  */
 export class TaskStream {
   constructor(options = {}) {
@@ -116,7 +118,8 @@ export class TaskStream {
     return this._versioned;
   }
 
-  /** The last event id seen for `group` (undefined before the first event with an id). */
+  /** The last event id seen for `group`, or its position from the sidecar (undefined before
+   *  either). */
   lastId(group) {
     return this._lastIds.get(group);
   }
@@ -260,7 +263,16 @@ export class TaskStream {
       this._deliver({ group, id, data });
     } else if (frame.type === "reset") {
       this._emit("reset", { group: frame.group, reason: frame.reason });
+    } else if (frame.type === "position") {
+      // Where the connection stands in a group it named no id for: stored like an event's id,
+      // so a reconnect resumes the group from there (its first event is not missed).
+      const { group, id } = frame;
+      if (typeof group !== "string" || typeof id !== "string") return;
+      const last = this._lastIds.get(group);
+      if (last === undefined || last === "0" || compareIds(id, last) > 0) this._lastIds.set(group, id);
+      this._emit("position", { group, id });
     }
+    // Any other type is from a later protocol version: ignored.
   }
 
   _deliver(event) {

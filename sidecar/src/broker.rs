@@ -14,6 +14,7 @@
 //! - [`link`]: the link driver (connect, backoff, keep-alive, up/down, catch-up) every source
 //!   runs on, over the [`link::Link`] trait; [`error`]: what failed on a link.
 //! - [`history`], [`id`]: event history per group and its ids (resume, reset).
+//! - [`positions`]: where each group stands at connect (the newest stored id, one round trip).
 //! - [`options`]: the TLS / Sentinel / Cluster flags, the wire protocol, their validation.
 //! - [`tls`]: CA bundle, client certificate, insecure mode (rustls through redis-rs).
 //! - [`endpoint`]: one server, the Sentinel master, or a Cluster, as the source connects to it.
@@ -33,6 +34,7 @@ pub mod id;
 pub mod inbox;
 pub mod link;
 pub mod options;
+pub mod positions;
 pub mod redact;
 pub mod redis;
 pub mod sentinel;
@@ -231,5 +233,48 @@ impl Broker {
     fn reset(&self, reason: ResetReason) -> Recovery {
         self.metrics.history_reset(reason);
         Recovery::Reset(reason)
+    }
+}
+
+impl Broker {
+    /// The id of the newest stored event of each of `groups` (in order), [`StreamId::ZERO`] for
+    /// a group with none. One round trip to Redis (per Cluster node), queued behind the same
+    /// bound as history reads; briefly retried while the command connection is re-made.
+    pub async fn positions(&self, groups: &[&str]) -> Result<Vec<StreamId>, String> {
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Ok(_permit) = self.reads.acquire().await else {
+            return Err("history reads are closed (shutting down)".into());
+        };
+        let started = std::time::Instant::now();
+        let read = match &self.source {
+            Source::Memory {
+                history: Some(ring),
+                ..
+            } => Ok(groups
+                .iter()
+                .map(|g| {
+                    let snap = ring.snapshot(g, StreamId::ZERO, 1);
+                    snap.entries.last().map_or(StreamId::ZERO, |(id, _)| *id)
+                })
+                .collect()),
+            Source::Memory { history: None, .. } => Err("this sidecar keeps no history".into()),
+            Source::Redis(redis) => {
+                let mut attempt = positions::read(redis, groups).await;
+                for pause_ms in [50, 200, 500] {
+                    if attempt.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+                    attempt = positions::read(redis, groups).await;
+                }
+                attempt
+            }
+        };
+        self.metrics
+            .history_read_seconds
+            .observe(started.elapsed().as_secs_f64());
+        read
     }
 }

@@ -4,6 +4,7 @@
 //! ```text
 //! event (payload, id) --> {"type":"event","group":G,"id":ID,"data":<payload as JSON, else string>}
 //! no history to cover a gap --> {"type":"reset","group":G,"reason":R}
+//! connect, no last_id for G --> {"type":"position","group":G,"id":ID}   (ID "0": none stored)
 //! ```
 
 use serde_json::value::RawValue;
@@ -43,6 +44,19 @@ pub fn event_frame(group: &str, id: Option<StreamId>, payload: &str) -> Utf8Byte
 /// The reset frame: the client must refetch `group`'s state.
 pub fn reset_frame(group: &str, reason: ResetReason) -> Utf8Bytes {
     serde_json::json!({"type": "reset", "group": group, "reason": reason.as_str()})
+        .to_string()
+        .into()
+}
+
+/// The position frame: where the client stands in `group` at connect (the newest stored id,
+/// `"0"` when none); every later event of the group reaches it, none at or before.
+pub fn position_frame(group: &str, id: StreamId) -> Utf8Bytes {
+    let id = if id == StreamId::ZERO {
+        "0".to_owned()
+    } else {
+        id.to_string()
+    };
+    serde_json::json!({"type": "position", "group": group, "id": id})
         .to_string()
         .into()
 }
@@ -92,6 +106,20 @@ mod tests {
             r,
             serde_json::json!({"type":"reset","group":"g","reason":"too_far"})
         );
+    }
+
+    #[test]
+    fn position_frames_name_the_group_and_id_and_zero_for_none() {
+        let f: serde_json::Value =
+            serde_json::from_str(&position_frame("user:1", StreamId::parse("7-2").unwrap()))
+                .unwrap();
+        assert_eq!(
+            f,
+            serde_json::json!({"type":"position","group":"user:1","id":"7-2"})
+        );
+        let f: serde_json::Value =
+            serde_json::from_str(&position_frame("g", StreamId::ZERO)).unwrap();
+        assert_eq!(f["id"], "0");
     }
 
     #[test]

@@ -210,6 +210,16 @@ async fn handshake(
     // client admitted at once (and subscribed when Redis is back).
     let confirmed =
         !shared.health.broker_lost() && membership.wait_confirmed(CONFIRM_TIMEOUT).await;
+    // Positions at connect: read now, so that every event after the handshake is after them.
+    let placed = crate::resume::read_positions(
+        &shared.broker,
+        v1,
+        membership.groups(),
+        &resume,
+        confirmed,
+        CONFIRM_TIMEOUT,
+    )
+    .await;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let shared2 = shared.clone();
     shared.tasks.spawn(async move {
@@ -244,7 +254,7 @@ async fn handshake(
             shutdown: shared2.shutdown.clone(),
         };
         Session::new(ws, stall, membership, cx, peer, v1)
-            .run(resume, confirmed)
+            .run(placed, resume, confirmed)
             .await;
         drop(permit);
     });

@@ -39,7 +39,7 @@ use crate::broker::Broker;
 use crate::broker::id::StreamId;
 use crate::hub::{Event, Link, Membership, Queue};
 use crate::metrics::{CloseReason, Metrics};
-use crate::resume::{self as catchup, Positions};
+use crate::resume::{self as catchup, Placed, Positions};
 use crate::stall::{Stall, StallFlag};
 
 /// The upgraded client socket.
@@ -157,13 +157,30 @@ impl Session {
     }
 
     /// Serves the client until it leaves, lags, goes silent or the sidecar shuts down.
-    pub async fn run(mut self, resume: Vec<(String, StreamId)>, confirmed: bool) {
-        let reason = match self.resume(resume, confirmed).await {
+    pub async fn run(mut self, placed: Placed, resume: Vec<(String, StreamId)>, confirmed: bool) {
+        let started = match self.place(placed).await {
+            Ok(()) => self.resume(resume, confirmed).await,
+            Err(reason) => Err(reason),
+        };
+        let reason = match started {
             Ok(()) => self.serve().await,
             Err(reason) => reason,
         };
         self.metrics.closed(reason);
         debug!(peer = %self.peer, ?reason, "client disconnected");
+    }
+
+    /// Positions at connect (read before the 101) for the groups without a `last_id`, sent
+    /// before any of their events.
+    async fn place(&mut self, placed: Placed) -> Step {
+        if matches!(placed, Placed::Nothing) {
+            return Ok(());
+        }
+        let sent = tokio::select! {
+            r = tokio::time::timeout(self.ping_interval, catchup::place(&mut self.sink, &self.metrics, placed, &mut self.positions)) => r,
+            _ = self.shutdown.recv() => Ok(Err(WsError::ConnectionClosed)),
+        };
+        caught_up_or_close(&mut self.sink, sent, self.peer).await
     }
 
     /// Missed events first; live ones wait in the queue meanwhile (subscribed before the 101).

@@ -23,9 +23,15 @@ use taskstream_tests::{eventually, free_port};
 
 const V1: (&str, &str) = ("Sec-WebSocket-Protocol", "taskstream.v1");
 
-/// The next frame, which must be an event of `group` with an id; returns (id, data).
+/// The next frame past any `position` (a page's groups without a `last_id` get one first),
+/// which must be an event of `group` with an id; returns (id, data).
 async fn event(ws: &mut Client, group: &str) -> (String, Value) {
-    let frame: Value = serde_json::from_str(&recv_text(ws).await).expect("a JSON frame");
+    let frame = loop {
+        let frame: Value = serde_json::from_str(&recv_text(ws).await).expect("a JSON frame");
+        if frame["type"] != "position" {
+            break frame;
+        }
+    };
     assert_eq!(
         (frame["type"].as_str(), frame["group"].as_str()),
         (Some("event"), Some(group)),

@@ -40,6 +40,18 @@ async fn v1(url: &str) -> Client {
         .unwrap_or_else(|s| panic!("v1 handshake to {url} refused with {s}"))
 }
 
+/// A v1 client of one group it names no `last_id` for: its first frame is the group's position.
+async fn v1_placed(url: &str, group: &str) -> Client {
+    let mut ws = v1(url).await;
+    let v = recv_json(&mut ws).await;
+    assert_eq!(
+        (v["type"].as_str(), v["group"].as_str()),
+        (Some("position"), Some(group)),
+        "{v}"
+    );
+    ws
+}
+
 async fn recv_json(ws: &mut Client) -> Value {
     let t = recv_text(ws).await;
     serde_json::from_str(&t).unwrap_or_else(|e| panic!("not JSON: {t}: {e}"))
@@ -74,7 +86,7 @@ async fn a_client_moving_from_a_killed_sidecar_to_another_gets_every_event_exact
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut a = SidecarProcess::spawn(&args).await;
     let b = SidecarProcess::spawn(&args).await;
-    let mut ws = v1(&ws_url(a.public, "groups=job")).await;
+    let mut ws = v1_placed(&ws_url(a.public, "groups=job"), "job").await;
 
     // Publishing never pauses: before, during and after the switch.
     let mut conn = redis.conn().await.expect("publisher");
@@ -422,8 +434,8 @@ async fn a_lost_redis_subscription_is_caught_up_from_history_not_lost() {
     let redis = RedisServer::start().await;
     let sc = sidecar(&redis, "10000", "10m").await;
     let a = v1(&sc.ws_url("groups=g&last_id=g:0")).await;
-    let mut b = v1(&sc.ws_url("groups=g")).await;
-    let mut quiet = v1(&sc.ws_url("groups=quiet")).await;
+    let mut b = v1_placed(&sc.ws_url("groups=g"), "g").await;
+    let mut quiet = v1_placed(&sc.ws_url("groups=quiet"), "quiet").await;
 
     let mut conn = redis.conn().await.unwrap();
     let total = 400u64;
@@ -478,10 +490,16 @@ async fn a_lost_redis_subscription_is_caught_up_from_history_not_lost() {
         want,
         "b: every event once, in order"
     );
-    // A v1 client with no position in its group cannot be caught up: it is told so.
+    // A v1 client whose group had no event yet has a position there ("0"): it is caught up from
+    // it (nothing was missed), not reset, and its next frame is the group's next event.
+    let mut conn = redis.conn().await.unwrap();
+    let id = publish(&mut conn, "quiet", "1", 10000, 600_000).await;
     let v = recv_json(&mut quiet).await;
-    assert_eq!(v["type"], "reset");
-    assert_eq!(v["reason"], "reconnected");
+    assert_eq!(
+        (v["type"].as_str(), v["id"].as_str()),
+        (Some("event"), Some(id.as_str())),
+        "{v}"
+    );
     sc.stop().await;
 }
 
@@ -500,7 +518,7 @@ async fn read_all_after(mut ws: Client, n: u64) -> Vec<u64> {
 async fn admin_publish_through_redis_stores_history_and_answers_the_id() {
     let redis = RedisServer::start().await;
     let sc = sidecar(&redis, "10", "10m").await;
-    let mut ws = v1(&sc.ws_url("groups=a")).await;
+    let mut ws = v1_placed(&sc.ws_url("groups=a"), "a").await;
     let (status, answer) =
         http_post(&format!("http://{}/publish/a", sc.admin), "{\"step\":1}").await;
     assert_eq!(status, 200, "{answer}");

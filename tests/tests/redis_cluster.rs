@@ -172,6 +172,11 @@ async fn history_works_on_a_cluster_and_resumes_across_nodes() {
         .await
         .expect("v1");
     let json = |t: String| serde_json::from_str::<Value>(&t).expect("JSON frame");
+    // No last_id: the group's position comes first ("0": nothing stored yet).
+    assert_eq!(
+        json(recv_text(&mut live).await),
+        serde_json::json!({"type": "position", "group": "hc", "id": "0"})
+    );
 
     // Through the sidecar (the script runs on the node owning the group's stream)...
     let (status, answer) = send(request(

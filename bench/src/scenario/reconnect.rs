@@ -48,6 +48,7 @@ pub async fn run(ctx: &Ctx, kind: Kind, args: Args) -> Result<Value> {
         reconnect_jitter: Some(jitter),
         deadline: ctx.deadline,
         v1: false,
+        groups_per_conn: 1,
     })
     .await;
     let stats = fleet.stats.clone();

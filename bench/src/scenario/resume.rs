@@ -68,6 +68,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Value> {
         reconnect_jitter: Some(Duration::ZERO),
         deadline: ctx.deadline,
         v1: true,
+        groups_per_conn: 1,
     })
     .await;
     let stats = fleet.stats.clone();

@@ -113,6 +113,31 @@ test("reset and progress events reach their listeners", async () => {
   assert.deepEqual(await progress, { group: "user:1", id: "1-0", task: "abc", percent: 40, state: "running", message: "half" });
 });
 
+test("positions are kept like event ids and resumed from; unknown frame types are ignored", async () => {
+  const s = await server();
+  const c = client({ url: s.url, lastIds: { had: "3-0" } });
+  const positions = [];
+  c.on("position", (p) => positions.push(p));
+  let conn = await s.next();
+  await until(c, "live");
+  conn.send(JSON.stringify({ type: "position", group: "new", id: "0" }));
+  conn.send(JSON.stringify({ type: "position", group: "old", id: "9-1" }));
+  conn.send(JSON.stringify({ type: "position", group: "had", id: "2-0" })); // older: kept 3-0
+  conn.send(JSON.stringify({ type: "position", group: 7 })); // malformed: ignored
+  conn.send(JSON.stringify({ type: "snapshot", group: "new", id: "99-0", data: {} })); // a later type
+  conn.send(JSON.stringify({ type: "event", group: "old", id: "9-1", data: "at the position" }));
+  conn.send(JSON.stringify({ type: "event", group: "new", id: "10-0", data: "first" }));
+  const first = await waitFor(c, "event");
+  assert.deepEqual(first, { group: "new", id: "10-0", data: "first" }, "the copy at the position is dropped");
+  assert.deepEqual(positions, [{ group: "new", id: "0" }, { group: "old", id: "9-1" }, { group: "had", id: "2-0" }]);
+  assert.deepEqual(c.lastIds(), { had: "3-0", new: "10-0", old: "9-1" });
+  conn.send(JSON.stringify({ type: "position", group: "zero", id: "0" }));
+  await waitFor(c, "position", (p) => p.group === "zero");
+  conn.close(1001);
+  conn = await s.next();
+  assert.deepEqual(conn.url.searchParams.getAll("last_id").sort(), ["had:3-0", "new:10-0", "old:9-1", "zero:0"]);
+});
+
 test("a listener that throws does not stop the others", async () => {
   const s = await server();
   const c = client({ url: s.url });

@@ -1,7 +1,9 @@
 // The client against the real sidecar binary and a real redis-server: history replay, resume
-// across a sidecar restart mid-stream (every event exactly once, in order), resets, history off,
-// the plain (pre-v1) mode, and a refused handshake.
+// across a sidecar restart mid-stream (every event exactly once, in order), positions at connect
+// for a page that names no groups (Redis and the memory broker), resets, history off, the plain
+// (pre-v1) mode, and a refused handshake.
 import assert from "node:assert/strict";
+import { createServer } from "node:http";
 import { after, afterEach, before, test } from "node:test";
 
 import { HandshakeError, TaskStream } from "../index.js";
@@ -115,6 +117,85 @@ test("a group with no event yet resumes from the position given up front", async
   assert.deepEqual(await got, { group: "quiet", id, data: { n: 1 } });
   assert.deepEqual(resets, []);
   assert.equal(c.lastId("quiet"), id);
+});
+
+/** The app's forward-auth endpoint: every page is "ann", granted `groups` (plus user:ann). */
+async function authApp(groups) {
+  const server = createServer((req, res) => {
+    res.writeHead(200, { "content-type": "application/json" });
+    res.end(JSON.stringify({ user: "ann", groups }));
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  cleanup.push(() => {
+    server.closeAllConnections();
+    server.close();
+  });
+  return `http://127.0.0.1:${server.address().port}`;
+}
+
+async function forwardSidecar(upstream, ...args) {
+  const s = await Sidecar.start(["--auth", "forward", "--upstream", upstream, "--history-size", "100", ...args]);
+  cleanup.push(() => s.stop());
+  return s;
+}
+
+async function publishAdmin(s, group, data) {
+  const r = await fetch(`http://127.0.0.1:${s.admin}/publish/${group}`, { method: "POST", body: JSON.stringify(data) });
+  assert.equal(r.status, 200);
+  return (await r.json()).id;
+}
+
+/** A page with no `groups` option: it learns its groups (and where it stands) from the sidecar. */
+async function pageWithPositions(s, expected) {
+  const c = client({ url: s.wsUrl() });
+  const positions = [];
+  c.on("position", (p) => positions.push(p));
+  await eventually("a position per granted group", () => positions.length === Object.keys(expected).length);
+  assert.deepEqual(Object.fromEntries(positions.map((p) => [p.group, p.id])), expected);
+  assert.deepEqual(c.lastIds(), expected);
+  return c;
+}
+
+test("positions: a page without groups resumes a new group's first event published while the sidecar is down, once", async () => {
+  const upstream = await authApp(["pos-old", "pos-new"]);
+  const before = await redis.client.publish("pos-old", { n: 0 });
+  const s = await forwardSidecar(upstream, "--redis-url", redis.url);
+  const c = await pageWithPositions(s, { "pos-old": before, "pos-new": "0", "user:ann": "0" });
+  const resets = [];
+  c.on("reset", (r) => resets.push(r));
+  const { events, done } = collect(c, 2);
+  let first;
+  await s.restart(async () => {
+    first = await redis.client.publish("pos-new", { n: 1 }); // while no sidecar runs
+  });
+  await eventually("the missed event", () => events.length === 1);
+  const marker = await redis.client.publish("pos-new", { marker: true });
+  await done;
+  // Exactly once: a duplicate would come before the live marker.
+  assert.deepEqual(events, [
+    { group: "pos-new", id: first, data: { n: 1 } },
+    { group: "pos-new", id: marker, data: { marker: true } },
+  ]);
+  assert.deepEqual(resets, []);
+});
+
+test("positions with the memory broker: a new group's first event published while the page is away arrives once", async () => {
+  const upstream = await authApp(["mem-old", "mem-new"]);
+  const s = await forwardSidecar(upstream, "--broker", "memory");
+  const before = await publishAdmin(s, "mem-old", { n: 0 });
+  const c = await pageWithPositions(s, { "mem-old": before, "mem-new": "0", "user:ann": "0" });
+  // The ring lives in the sidecar: the page goes away instead, and comes back with its positions.
+  c.close();
+  const first = await publishAdmin(s, "mem-new", { n: 1 });
+  const { events, done } = collect(c, 2);
+  c.connect();
+  await eventually("the missed event", () => events.length === 1);
+  const marker = await publishAdmin(s, "mem-new", { marker: true });
+  await done;
+  assert.deepEqual(events, [
+    { group: "mem-new", id: first, data: { n: 1 } },
+    { group: "mem-new", id: marker, data: { marker: true } },
+  ]);
 });
 
 test("a gap history cannot cover is a reset, then live events", async () => {

@@ -47,11 +47,11 @@ use crate::metrics::Metrics;
 /// Handle of the Redis broker.
 pub struct RedisBroker {
     endpoint: Endpoint,
-    wire: Arc<dyn Wire>,
+    pub(crate) wire: Arc<dyn Wire>,
     /// Wakes the subscription link instead of [`Hub::changed`] when several links share a hub.
     wake: Option<Arc<Notify>>,
     /// Where logs may name the server: host and port, never the password.
-    display: String,
+    pub(crate) display: String,
     publisher: CommandConn,
     scripts: Scripts,
     /// The server refused RESP3 once (no `HELLO`): subscribe over RESP2 from then on.
