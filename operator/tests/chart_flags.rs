@@ -266,7 +266,11 @@ fn check(values: &str, run: &RunArgs, rust_log: Option<&str>) {
             "{values}: the webhook Service the chart creates"
         );
     } else {
-        assert_eq!(run.webhook_listen, WebhookListen::Off, "{values}: webhook off");
+        assert_eq!(
+            run.webhook_listen,
+            WebhookListen::Off,
+            "{values}: webhook off"
+        );
     }
     assert_eq!(
         run.webhook_cert_secret, want.webhook_cert_secret,

@@ -8,6 +8,7 @@
 //! ```
 
 use std::path::PathBuf;
+use taskstream_contract::env;
 
 use clap::{Args, ValueEnum};
 
@@ -31,38 +32,38 @@ pub enum RedisProtocol {
 pub struct RedisArgs {
     /// PEM bundle of the CAs that sign the Redis server certificates (`rediss://` URLs).
     /// Default: the system roots.
-    #[arg(long, env = "TASKSTREAM_REDIS_CA_FILE")]
+    #[arg(long, env = env::REDIS_CA_FILE)]
     pub redis_ca_file: Option<PathBuf>,
 
     /// PEM client certificate (chain) for Redis servers that require mutual TLS
     /// (`tls-auth-clients yes`); needs `--redis-client-key-file`.
-    #[arg(long, env = "TASKSTREAM_REDIS_CLIENT_CERT_FILE")]
+    #[arg(long, env = env::REDIS_CLIENT_CERT_FILE)]
     pub redis_client_cert_file: Option<PathBuf>,
 
     /// PEM private key of `--redis-client-cert-file`.
-    #[arg(long, env = "TASKSTREAM_REDIS_CLIENT_KEY_FILE")]
+    #[arg(long, env = env::REDIS_CLIENT_KEY_FILE)]
     pub redis_client_key_file: Option<PathBuf>,
 
     /// Do not verify the Redis server certificate or host name (`rediss://`). Testing only: anyone
     /// on the path can read and forge events.
-    #[arg(long, env = "TASKSTREAM_REDIS_TLS_INSECURE")]
+    #[arg(long, env = env::REDIS_TLS_INSECURE)]
     pub redis_tls_insecure: bool,
 
     /// Redis Sentinel addresses, `host:port[,host:port...]` (port default 26379). The sidecar asks
     /// them for the master of `--redis-sentinel-master` and follows failovers; `--redis-url` then
     /// only gives the password, db and TLS (`rediss://`) of the master: its host is not used.
-    #[arg(long, env = "TASKSTREAM_REDIS_SENTINELS", value_delimiter = ',')]
+    #[arg(long, env = env::REDIS_SENTINELS, value_delimiter = ',')]
     pub redis_sentinels: Vec<String>,
 
     /// Name of the master set the sentinels monitor (e.g. `mymaster`); required with
     /// `--redis-sentinels`.
-    #[arg(long, env = "TASKSTREAM_REDIS_SENTINEL_MASTER")]
+    #[arg(long, env = env::REDIS_SENTINEL_MASTER)]
     pub redis_sentinel_master: Option<String>,
 
     /// Password of the sentinels themselves (`requirepass` in sentinel.conf), when they have one.
     #[arg(
         long,
-        env = "TASKSTREAM_REDIS_SENTINEL_PASSWORD",
+        env = env::REDIS_SENTINEL_PASSWORD,
         hide_env_values = true
     )]
     pub redis_sentinel_password: Option<String>,
@@ -70,7 +71,7 @@ pub struct RedisArgs {
     /// `--redis-url` is a Redis Cluster: comma-separated seed URLs allowed
     /// (`redis://:pw@node-a:6379,redis://:pw@node-b:6379`). Events published with `SPUBLISH`
     /// (sharded, scales with the cluster) or `PUBLISH` both reach clients.
-    #[arg(long, env = "TASKSTREAM_REDIS_CLUSTER")]
+    #[arg(long, env = env::REDIS_CLUSTER)]
     pub redis_cluster: bool,
 }
 

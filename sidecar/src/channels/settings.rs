@@ -7,6 +7,7 @@
 //! ```
 
 use std::time::Duration;
+use taskstream_contract::env;
 
 use clap::{Args, ValueEnum};
 
@@ -43,26 +44,26 @@ fn parse_secret(s: &str) -> Result<Secret, String> {
 #[derive(Clone, Debug, Args)]
 pub struct ChannelsArgs {
     /// The layer's `prefix` (channels_redis default `asgi`).
-    #[arg(long, env = "TASKSTREAM_CHANNELS_PREFIX", default_value = "asgi")]
+    #[arg(long, env = env::CHANNELS_PREFIX, default_value = "asgi")]
     pub channels_prefix: String,
 
     /// The layer's `capacity`: messages a channel holds before senders drop new ones.
-    #[arg(long, env = "TASKSTREAM_CHANNELS_CAPACITY", default_value_t = 100)]
+    #[arg(long, env = env::CHANNELS_CAPACITY, default_value_t = 100)]
     pub channels_capacity: usize,
 
     /// The layer's `expiry`: how long a queued message lives (core layer; decryption TTL is this + 10s).
-    #[arg(long, env = "TASKSTREAM_CHANNELS_EXPIRY", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = env::CHANNELS_EXPIRY, default_value = "60s", value_parser = parse_duration)]
     pub channels_expiry: Duration,
 
     /// The layer's `group_expiry`: group members older than this are dropped by senders.
-    #[arg(long, env = "TASKSTREAM_CHANNELS_GROUP_EXPIRY", default_value = "86400s", value_parser = parse_duration)]
+    #[arg(long, env = env::CHANNELS_GROUP_EXPIRY, default_value = "86400s", value_parser = parse_duration)]
     pub channels_group_expiry: Duration,
 
     /// The layer's `hosts` as Redis URLs, comma-separated, in the same order (sharding depends on
     /// it). Default: `--redis-url`.
     #[arg(
         long,
-        env = "TASKSTREAM_CHANNELS_HOSTS",
+        env = env::CHANNELS_HOSTS,
         value_delimiter = ',',
         hide_env_values = true
     )]
@@ -71,7 +72,7 @@ pub struct ChannelsArgs {
     /// The layer's `symmetric_encryption_keys`, comma-separated (any may decrypt, like MultiFernet).
     #[arg(
         long,
-        env = "TASKSTREAM_CHANNELS_SYMMETRIC_ENCRYPTION_KEYS",
+        env = env::CHANNELS_SYMMETRIC_ENCRYPTION_KEYS,
         value_delimiter = ',',
         hide_env_values = true,
         value_parser = parse_secret
@@ -81,7 +82,7 @@ pub struct ChannelsArgs {
     /// What a browser receives: the message's `data` field, or the `full` message.
     #[arg(
         long,
-        env = "TASKSTREAM_CHANNELS_MESSAGE",
+        env = env::CHANNELS_MESSAGE,
         value_enum,
         default_value = "data"
     )]
