@@ -141,85 +141,6 @@ pub struct AppSpec {
     pub volume_mounts: Option<Vec<VolumeMount>>,
 }
 
-/// Redis connection of the sidecar.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(
-    validation = Rule::new("has(self.url) != has(self.urlSecretRef)").message("exactly one of redis.url and redis.urlSecretRef must be set"),
-    validation = Rule::new("!(has(self.sentinel) && has(self.cluster) && self.cluster)").message("set only one of redis.sentinel and redis.cluster")
-)]
-pub struct RedisSpec {
-    /// Redis URL (`redis://` or `rediss://`). Use `urlSecretRef` when it holds a password.
-    #[schemars(regex(pattern = r"^rediss?://"))]
-    pub url: Option<String>,
-    /// Secret key holding the Redis URL; passed to the sidecar by reference, never copied.
-    pub url_secret_ref: Option<SecretKeyRef>,
-    /// Prefix of the Redis channels (default `taskstream:`).
-    pub channel_prefix: Option<String>,
-    /// TLS settings (with a `rediss://` URL). Certificates are mounted from Secrets as
-    /// read-only files, never copied into the Deployment.
-    pub tls: Option<RedisTlsSpec>,
-    /// Find the Redis master through Redis Sentinel. Password, database and TLS still come from
-    /// the URL; its host is then not used. Not allowed with `cluster`.
-    pub sentinel: Option<RedisSentinelSpec>,
-    /// The URL (comma-separated seed URLs allowed) is a Redis Cluster. Not allowed with
-    /// `sentinel`.
-    pub cluster: Option<bool>,
-}
-
-/// TLS towards Redis.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct RedisTlsSpec {
-    /// Secret key holding the PEM CA bundle that signs the Redis server certificate (default:
-    /// the system roots). Mounted into the sidecar as a file.
-    pub ca_secret_ref: Option<SecretKeyRef>,
-    /// A `kubernetes.io/tls` Secret (keys `tls.crt` and `tls.key`) with the client certificate
-    /// for mutual TLS. Mounted into the sidecar as files.
-    pub client_cert_secret_ref: Option<SecretNameRef>,
-    /// Do not verify the server certificate. Only for testing: anyone on the path can read and
-    /// change the traffic.
-    pub insecure_skip_verify: Option<bool>,
-}
-
-/// Redis Sentinel.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct RedisSentinelSpec {
-    /// Sentinel addresses, `host:port` (`[address]:port` for IPv6).
-    #[schemars(
-        length(min = 1, max = 16),
-        inner(regex(pattern = r"^(\[[0-9A-Fa-f:.]+\]|[^:/ \[\]]+):[0-9]{1,5}$"))
-    )]
-    pub hosts: Vec<String>,
-    /// Name of the monitored master.
-    #[schemars(length(min = 1, max = 253))]
-    pub master_name: String,
-    /// Secret key holding the sentinels' own password, when they require one.
-    pub password_secret_ref: Option<SecretKeyRef>,
-}
-
-/// A Secret of the TaskStream's namespace, by name.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct SecretNameRef {
-    /// Name of the Secret.
-    #[schemars(length(min = 1, max = 253))]
-    pub name: String,
-}
-
-/// A key in a Secret of the TaskStream's namespace.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct SecretKeyRef {
-    /// Name of the Secret.
-    #[schemars(length(min = 1, max = 253))]
-    pub name: String,
-    /// Key in the Secret's data.
-    #[schemars(length(min = 1, max = 253))]
-    pub key: String,
-}
-
 /// WebSocket endpoint settings.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -238,90 +159,6 @@ pub struct WebSocketSpec {
     pub ping_interval_seconds: Option<u32>,
     /// Origins allowed to connect (e.g. `https://app.example.com`); unset means same host only.
     pub allowed_origins: Option<Vec<String>>,
-}
-
-/// How WebSocket clients are authenticated.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(
-    validation = Rule::new("self.mode != 'jwt' || (has(self.jwt) && (has(self.jwt.secretRef) || has(self.jwt.publicKeyRef) || has(self.jwt.jwksUrl)))").message("auth.mode jwt needs auth.jwt.secretRef, auth.jwt.publicKeyRef or auth.jwt.jwksUrl"),
-    validation = Rule::new("self.mode == 'jwt' || !has(self.jwt)").message("auth.jwt is only allowed with auth.mode jwt"),
-    validation = Rule::new("self.mode == 'forward' || !has(self.forward)").message("auth.forward is only allowed with auth.mode forward")
-)]
-pub struct AuthSpec {
-    /// `jwt` (token checked by the sidecar), `forward` (the app decides) or `none`.
-    pub mode: AuthMode,
-    /// Settings of `jwt` mode.
-    pub jwt: Option<JwtSpec>,
-    /// Settings of `forward` mode.
-    pub forward: Option<ForwardSpec>,
-}
-
-/// Authentication mode of the sidecar.
-#[derive(
-    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum AuthMode {
-    /// A JWT (query parameter or cookie) checked by the sidecar.
-    #[default]
-    Jwt,
-    /// The sidecar asks the app (`forward.path`) whether the request may connect.
-    Forward,
-    /// Anyone may connect. Only for development.
-    None,
-}
-
-impl AuthMode {
-    /// The value of `TASKSTREAM_AUTH`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthMode::Jwt => "jwt",
-            AuthMode::Forward => "forward",
-            AuthMode::None => "none",
-        }
-    }
-}
-
-/// JWT verification settings.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(
-    validation = Rule::new("!(has(self.secretRef) && has(self.publicKeyRef))").message("set only one of auth.jwt.secretRef and auth.jwt.publicKeyRef"),
-    validation = Rule::new("!has(self.jwksUrl) || !(has(self.secretRef) || has(self.publicKeyRef))").message("auth.jwt.jwksUrl excludes auth.jwt.secretRef and auth.jwt.publicKeyRef: with a JWKS only the identity provider's published keys are trusted"),
-    validation = Rule::new("!has(self.jwksCaSecretRef) || has(self.jwksUrl)").message("auth.jwt.jwksCaSecretRef is only used with auth.jwt.jwksUrl")
-)]
-pub struct JwtSpec {
-    /// Secret key holding the HS256 shared secret.
-    pub secret_ref: Option<SecretKeyRef>,
-    /// Secret key holding a PEM public key (RS256/ES256), mounted into the sidecar as a file.
-    pub public_key_ref: Option<SecretKeyRef>,
-    /// HTTPS URL of the identity provider's JWK Set (its `jwks_uri`): keys chosen by `kid`,
-    /// refreshed by the sidecar. Excludes `secretRef` and `publicKeyRef`.
-    #[schemars(
-        regex(pattern = r"^https://[^\s/?#@]+([/?#]\S*)?$"),
-        length(max = 2048)
-    )]
-    pub jwks_url: Option<String>,
-    /// Secret key holding the PEM CA bundle that signs the JWKS server's certificate (a
-    /// private CA; default: the system roots). Mounted into the sidecar as a file.
-    pub jwks_ca_secret_ref: Option<SecretKeyRef>,
-    /// Claim listing the user's groups (default `groups`).
-    pub groups_claim: Option<String>,
-    /// Template of the per-user group (default `user:{sub}`).
-    pub user_group: Option<String>,
-}
-
-/// Forward-auth settings.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct ForwardSpec {
-    /// Path on the app that answers 2xx to allow a connection (default `/ws-auth/`).
-    #[schemars(regex(pattern = r"^/"))]
-    pub path: Option<String>,
-    /// Timeout of the auth request in milliseconds (default 5000).
-    #[schemars(range(min = 1, max = 60000))]
-    pub timeout_ms: Option<u32>,
 }
 
 /// The taskstream sidecar container.
@@ -588,8 +425,12 @@ impl TaskStreamSpec {
 }
 
 mod attach;
+mod auth;
+mod redis;
 mod schema;
 pub use attach::{AttachRollout, AttachSpec, AttachStatus, INJECT_LABEL};
+pub use auth::{AuthMode, AuthSpec, ForwardSpec, JwtSpec};
+pub use redis::{RedisSentinelSpec, RedisSpec, RedisTlsSpec, SecretKeyRef, SecretNameRef};
 pub use schema::{crd, crd_yaml};
 
 #[cfg(test)]
