@@ -14,7 +14,6 @@ Every failure is collected and printed; the exit status is 1 if there is any.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import jsonschema
 import kubernetes_validate
 import kubernetes_validate.utils as kv_utils
 import yaml
+
+import check_observability as observability
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "taskstream"
@@ -437,118 +438,6 @@ def check_monitors(name: str, objects: list[dict]) -> None:
             fail(f"{name}: PodMonitor does not select the TaskStream pods")
 
 
-# --- dashboards and alerts ----------------------------------------------------------------
-
-# The PrometheusRule fields the chart uses, as the CRD of prometheus-operator v0.7x+ defines them
-# (monitoring.coreos.com/v1 PrometheusRule: spec.groups[].rules[]); no package here ships that
-# CRD, so this is its structural schema for what we write, strict like the API server's.
-_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
-PROMETHEUS_RULE_SCHEMA = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "additionalProperties": False,
-    "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "PrometheusRule"},
-        "metadata": {
-            "type": "object",
-            "required": ["name", "namespace"],
-            "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}, "labels": _STRING_MAP},
-        },
-        "spec": {
-            "type": "object",
-            "required": ["groups"],
-            "additionalProperties": False,
-            "properties": {
-                "groups": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "required": ["name", "rules"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "name": {"type": "string", "minLength": 1},
-                            "interval": {"type": "string", "pattern": "^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?)$"},
-                            "rules": {
-                                "type": "array",
-                                "items": {
-                                    "type": "object",
-                                    "required": ["alert", "expr", "labels", "annotations"],
-                                    "additionalProperties": False,
-                                    "properties": {
-                                        "alert": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_]*$"},
-                                        "expr": {"type": "string", "minLength": 1},
-                                        "for": {"type": "string", "pattern": "^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?)$"},
-                                        "labels": {**_STRING_MAP, "required": ["severity"]},
-                                        "annotations": {**_STRING_MAP, "required": ["summary", "description"]},
-                                    },
-                                },
-                            },
-                        },
-                    },
-                }
-            },
-        },
-    },
-}
-
-
-def check_observability(name: str, objects: list[dict], values: dict) -> None:
-    """The Grafana dashboard ConfigMap and the PrometheusRule, when the values turn them on. The
-    PromQL, the metric names and the dashboard's schema rules are checked by
-    tests/tests/observability.rs against a running sidecar and operator."""
-    dashboard_on = values.get("grafana", {}).get("dashboard", {}).get("enabled", False)
-    rules_on = values.get("prometheusRule", {}).get("enabled", False)
-    dashboards = [d for d in objects if d["kind"] == "ConfigMap" and d["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
-    if len(dashboards) != (1 if dashboard_on else 0):
-        fail(f"{name}: {len(dashboards)} dashboard ConfigMaps with grafana.dashboard.enabled={dashboard_on}")
-    for cm in dashboards:
-        try:
-            board = json.loads(cm["data"]["taskstream.json"])
-        except (KeyError, json.JSONDecodeError) as e:
-            fail(f"{name}: dashboard ConfigMap: taskstream.json is not JSON: {e}")
-            continue
-        if board.get("uid") != "taskstream" or not isinstance(board.get("schemaVersion"), int):
-            fail(f"{name}: dashboard without uid taskstream or an integer schemaVersion")
-    rules = [d for d in objects if d["kind"] == "PrometheusRule"]
-    if len(rules) != (1 if rules_on else 0):
-        fail(f"{name}: {len(rules)} PrometheusRules with prometheusRule.enabled={rules_on}")
-    validator = jsonschema.Draft7Validator(PROMETHEUS_RULE_SCHEMA)
-    for rule in rules:
-        for e in validator.iter_errors(rule):
-            fail(f"{name}: PrometheusRule: {'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}")
-        alerts = [r.get("alert") for g in rule["spec"].get("groups", []) for r in g.get("rules", [])]
-        if len(alerts) != len(set(alerts)):
-            fail(f"{name}: PrometheusRule: repeated alert names {alerts}")
-        for g in rule["spec"].get("groups", []):
-            for r in g.get("rules", []):
-                if "{{" in r.get("expr", ""):
-                    fail(f"{name}: alert {r.get('alert')}: a template left in expr")
-    for d in objects:
-        if d["kind"] == "PodMonitor":
-            relabel = [r for e in d["spec"]["podMetricsEndpoints"] for r in e.get("relabelings", [])]
-            if not any(r.get("targetLabel") == "taskstream" for r in relabel):
-                fail(f"{name}: PodMonitor does not label series with their TaskStream (taskstream)")
-
-
-def check_observability_refusals() -> None:
-    """The operator-absent alert needs to know the operator's job: without the ServiceMonitor
-    or prometheusRule.operatorJob the chart refuses, naming both."""
-    args = ["--set", "prometheusRule.enabled=true", "--set", "metrics.serviceMonitor.enabled=false"]
-    p = run([HELM, "template", RELEASE, CHART, "--namespace", RELEASE_NS, *args], check=False)
-    if p.returncode == 0:
-        fail(f"helm template {' '.join(args)} was accepted")
-    elif "operatorJob" not in p.stderr:
-        fail(f"helm template {' '.join(args)}: the error does not name operatorJob: {p.stderr.strip()}")
-    args += ["--set", "prometheusRule.operatorJob=taskstream-operator"]
-    objects = template(args)
-    rules = [d for d in objects if d["kind"] == "PrometheusRule"]
-    exprs = [r["expr"] for rule in rules for g in rule["spec"]["groups"] for r in g["rules"]]
-    if not any('job="taskstream-operator"' in e for e in exprs):
-        fail("prometheusRule.operatorJob is not the job the operator alerts select")
-
-
 def check_chart() -> None:
     print(f"chart: helm {run([HELM, 'version', '--short']).stdout.strip()}, Kubernetes schemas {OLDEST} and {NEWEST}")
     for name, args in variations():
@@ -565,7 +454,7 @@ def check_chart() -> None:
         check_deployment(name, objects, values)
         check_webhook(name, objects, values)
         check_monitors(name, objects)
-        check_observability(name, objects, values)
+        observability.check_observability(sys.modules[__name__], name, objects, values)
         services = [d for d in objects if d["kind"] == "Service"]
         for s in services:
             if any(p["port"] == 9090 for p in s["spec"]["ports"]):
@@ -594,7 +483,7 @@ def main() -> int:
     crd = check_crd_copy()
     check_examples(crd)
     check_chart()
-    check_observability_refusals()
+    observability.check_observability_refusals(sys.modules[__name__])
     took = time.monotonic() - start
     if failures:
         print(f"check-chart: {len(failures)} failure(s) in {took:.1f}s", file=sys.stderr)
