@@ -177,7 +177,8 @@ impl Session {
             return Ok(());
         }
         let sent = tokio::select! {
-            r = tokio::time::timeout(self.ping_interval, catchup::place(&mut self.sink, &self.metrics, placed, &mut self.positions)) => r,
+            // Boxed like the resume below: inline, the read would grow every idle session's task.
+            r = tokio::time::timeout(self.ping_interval, Box::pin(catchup::place(&mut self.sink, &self.metrics, placed, &mut self.positions))) => r,
             _ = self.shutdown.recv() => Ok(Err(WsError::ConnectionClosed)),
         };
         caught_up_or_close(&mut self.sink, sent, self.peer).await
