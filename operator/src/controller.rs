@@ -39,14 +39,14 @@ use crate::crd::{INJECT_LABEL, TaskStream};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::resources::{self, FIELD_MANAGER, MANAGED_BY, Params};
-use crate::status::{self, Problem, Rollout, Route};
+use crate::status::{self, Problem, Rollout};
 
 pub(crate) mod attach;
 mod children;
 mod gateway_watch;
 pub use attach::{RESTARTED_AT, RESTARTED_FOR, ROLLOUT_MANAGER};
 pub use children::REPLICAS_HANDOFF_MANAGER;
-use children::{apply_route, delete_stale, hand_off_replicas, parent_gateway, secret_hash, ssa};
+use children::{apply_entry, delete_stale, hand_off_replicas, secret_hash, ssa};
 
 /// First retry delay after a failure; doubles per consecutive failure.
 const BACKOFF_BASE: Duration = Duration::from_secs(5);
@@ -182,24 +182,14 @@ async fn apply(ts: &TaskStream, ctx: &Context, namespace: &str) -> Result<Action
             .await?
         }
     }
-    match &children.ingress {
-        Some(ing) => drop(ssa(client, namespace, &name, "Ingress", ing).await?),
-        None => delete_stale::<Ingress>(ts, client, namespace, "Ingress").await?,
-    }
-    let route = match &children.route {
-        Some(route) => {
-            let applied = apply_route(ts, client, namespace, route).await?;
-            let gateway = parent_gateway(ts, client).await;
-            Some(Route {
-                acceptance: resources::route::acceptance(&applied),
-                url: resources::route::route_url(ts, gateway.as_ref()),
-            })
-        }
-        None => {
-            delete_stale::<HttpRoute>(ts, client, namespace, "HTTPRoute").await?;
-            None
-        }
-    };
+    let route = apply_entry(
+        ts,
+        client,
+        namespace,
+        children.ingress.as_ref(),
+        children.route.as_ref(),
+    )
+    .await?;
 
     let rollout = Rollout::of(&deployment, ts.spec.min_replicas());
     let status = status::compute(ts, Some(&rollout), None, route.as_ref(), Timestamp::now());

@@ -197,19 +197,7 @@ impl Broker {
                 ..
             } => Ok(ring.snapshot(group, last, count)),
             Source::Memory { history: None, .. } => return self.reset(ResetReason::HistoryOff),
-            Source::Redis(redis) => {
-                // A read is idempotent: retried briefly while the command connection is being
-                // re-made (e.g. just after a Redis restart), before giving up with a reset.
-                let mut attempt = redis.read_history(group, last, count).await;
-                for pause_ms in [50, 200, 500] {
-                    if attempt.is_ok() {
-                        break;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
-                    attempt = redis.read_history(group, last, count).await;
-                }
-                attempt
-            }
+            Source::Redis(redis) => retried(|| redis.read_history(group, last, count)).await,
         };
         self.metrics
             .history_read_seconds
@@ -260,21 +248,29 @@ impl Broker {
                 })
                 .collect()),
             Source::Memory { history: None, .. } => Err("this sidecar keeps no history".into()),
-            Source::Redis(redis) => {
-                let mut attempt = positions::read(redis, groups).await;
-                for pause_ms in [50, 200, 500] {
-                    if attempt.is_ok() {
-                        break;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
-                    attempt = positions::read(redis, groups).await;
-                }
-                attempt
-            }
+            Source::Redis(redis) => retried(|| positions::read(redis, groups)).await,
         };
         self.metrics
             .history_read_seconds
             .observe(started.elapsed().as_secs_f64());
         read
     }
+}
+
+/// Runs an idempotent Redis read, retried briefly (50, 200, 500 ms) while the command
+/// connection is being re-made (e.g. just after a Redis restart), before giving up.
+async fn retried<T, E, F, Fut>(mut read: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = read().await;
+    for pause_ms in [50, 200, 500] {
+        if attempt.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+        attempt = read().await;
+    }
+    attempt
 }

@@ -10,11 +10,9 @@
 //!   ─> status (status.attach, PodsUpToDate)
 //! ```
 
-use gateway_api::httproutes::HttpRoute;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -24,13 +22,13 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info};
 
-use super::children::{apply_route, delete_stale, parent_gateway, secret_hash, ssa};
+use super::children::{apply_entry, delete_stale, secret_hash, ssa};
 use super::{Context, RESYNC, patch_status};
 use crate::crd::{AttachRollout, INJECT_LABEL, TaskStream};
 use crate::error::{Error, Result};
-use crate::resources::{self, attach};
+use crate::resources::attach;
+use crate::status;
 use crate::status::attach::{Census, Owner, census};
-use crate::status::{self, Route};
 
 /// Field manager of the restarts `rollout: Auto` makes: only the two annotations below.
 pub const ROLLOUT_MANAGER: &str = "taskstream-operator-rollout";
@@ -50,24 +48,14 @@ pub async fn apply(ts: &TaskStream, ctx: &Context, namespace: &str) -> Result<Ac
     let name = ts.name_any();
 
     ssa(client, namespace, &name, "Service", &children.service).await?;
-    match &children.ingress {
-        Some(ing) => drop(ssa(client, namespace, &name, "Ingress", ing).await?),
-        None => delete_stale::<Ingress>(ts, client, namespace, "Ingress").await?,
-    }
-    let route = match &children.route {
-        Some(route) => {
-            let applied = apply_route(ts, client, namespace, route).await?;
-            let gateway = parent_gateway(ts, client).await;
-            Some(Route {
-                acceptance: resources::route::acceptance(&applied),
-                url: resources::route::route_url(ts, gateway.as_ref()),
-            })
-        }
-        None => {
-            delete_stale::<HttpRoute>(ts, client, namespace, "HTTPRoute").await?;
-            None
-        }
-    };
+    let route = apply_entry(
+        ts,
+        client,
+        namespace,
+        children.ingress.as_ref(),
+        children.route.as_ref(),
+    )
+    .await?;
     // A TaskStream switched from `app` to `attach` leaves these behind; only its own are deleted.
     delete_stale::<Deployment>(ts, client, namespace, "Deployment").await?;
     delete_stale::<PodDisruptionBudget>(ts, client, namespace, "PodDisruptionBudget").await?;

@@ -15,6 +15,7 @@ use gateway_api::gateways::Gateway;
 use gateway_api::httproutes::HttpRoute;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -25,6 +26,7 @@ use tracing::{debug, info};
 use crate::crd::TaskStream;
 use crate::error::{Error, Result};
 use crate::resources::{self, FIELD_MANAGER};
+use crate::status::Route;
 
 /// Field manager that keeps `spec.replicas` of an autoscaled Deployment when the operator's
 /// manager lets go of it (server-side apply would otherwise remove the field, resetting the
@@ -200,6 +202,35 @@ pub async fn parent_gateway(ts: &TaskStream, client: &Client) -> Option<Gateway>
         Err(e) => {
             debug!(gateway = %format!("{ns}/{name}"), error = %e, "reading the route's gateway");
             None
+        }
+    }
+}
+
+/// Applies the browser's way in that the spec asks for (an Ingress or an HTTPRoute) and deletes
+/// the other if this TaskStream owns it; returns the applied route's acceptance and URL.
+pub async fn apply_entry(
+    ts: &TaskStream,
+    client: &Client,
+    namespace: &str,
+    ingress: Option<&Ingress>,
+    route: Option<&HttpRoute>,
+) -> Result<Option<Route>> {
+    match ingress {
+        Some(ing) => drop(ssa(client, namespace, &ts.name_any(), "Ingress", ing).await?),
+        None => delete_stale::<Ingress>(ts, client, namespace, "Ingress").await?,
+    }
+    match route {
+        Some(route) => {
+            let applied = apply_route(ts, client, namespace, route).await?;
+            let gateway = parent_gateway(ts, client).await;
+            Ok(Some(Route {
+                acceptance: resources::route::acceptance(&applied),
+                url: resources::route::route_url(ts, gateway.as_ref()),
+            }))
+        }
+        None => {
+            delete_stale::<HttpRoute>(ts, client, namespace, "HTTPRoute").await?;
+            Ok(None)
         }
     }
 }
