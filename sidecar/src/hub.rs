@@ -21,6 +21,7 @@ use std::sync::OnceLock;
 use tokio::sync::{Notify, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+pub use self::beat::Beat;
 use crate::broker::id::StreamId;
 use crate::metrics::{DropReason, Metrics};
 use crate::protocol;
@@ -68,10 +69,11 @@ pub struct Hub {
     groups: RwLock<HashMap<String, Group>>,
     changed: Notify,
     confirmed: watch::Sender<u64>,
-    /// The broker's subscription link: down while a lost subscription is being re-made, and a
-    /// new generation once it is; `taskstream.v1` sessions then catch up on what pub/sub
-    /// dropped meanwhile (from history), or get a reset.
-    link: watch::Sender<Link>,
+    /// The sessions' beat ([`beat`]): pings, shutdown, and the broker's subscription link
+    /// (down while a lost subscription is being re-made, and a new generation once it is;
+    /// `taskstream.v1` sessions then catch up on what pub/sub dropped meanwhile, from history,
+    /// or get a reset).
+    beat: beat::Shards,
     next_id: AtomicU64,
     queue: usize,
     /// `--max-event-bytes`: larger events are dropped, so a client's write buffer stays bounded.
@@ -200,11 +202,7 @@ impl Hub {
             groups: RwLock::new(HashMap::new()),
             changed: Notify::new(),
             confirmed: watch::channel(0).0,
-            link: watch::channel(Link {
-                generation: 0,
-                up: true,
-            })
-            .0,
+            beat: beat::Shards::new(),
             next_id: AtomicU64::new(1),
             queue,
             auto_confirm,
@@ -223,7 +221,8 @@ impl Hub {
                 let entry = map.entry(g.clone()).or_insert_with(|| {
                     added = true;
                     Group {
-                        subscribers: Vec::new(),
+                        // Room for one: most groups (every `user:{sub}`) have one member.
+                        subscribers: Vec::with_capacity(1),
                         confirmed: self.auto_confirm,
                     }
                 });
@@ -336,21 +335,23 @@ impl Hub {
     /// The broker lost its subscription connection: pub/sub drops what is published until
     /// [`Hub::resubscribed`].
     pub fn link_lost(&self) {
-        self.link
-            .send_if_modified(|l| std::mem::replace(&mut l.up, false));
+        self.beat.each(|b| std::mem::replace(&mut b.link.up, false));
     }
 
     /// The broker re-made its subscriptions after losing them: events may have been missed.
+    /// Every session's beat has the new generation before this returns, so before any event
+    /// of the new subscription reaches the hub.
     pub fn resubscribed(&self) {
-        self.link.send_modify(|l| {
-            l.generation += 1;
-            l.up = true;
+        self.beat.each(|b| {
+            b.link.generation += 1;
+            b.link.up = true;
+            true
         });
     }
 
-    /// Watches the broker's subscription link ([`Hub::link_lost`], [`Hub::resubscribed`]).
-    pub fn link(&self) -> watch::Receiver<Link> {
-        self.link.subscribe()
+    /// The beat of the session with this id (its pings, the link, shutdown).
+    pub fn beat(&self, id: u64) -> watch::Receiver<Beat> {
+        self.beat.subscribe(id)
     }
 
     fn all_confirmed(&self, groups: &[String]) -> bool {
@@ -362,6 +363,11 @@ impl Hub {
 }
 
 impl Membership {
+    /// This client's beat: its shard of the pings, the broker's link and shutdown.
+    pub fn beat(&self) -> watch::Receiver<Beat> {
+        self.hub.beat(self.id)
+    }
+
     /// Waits until the broker has confirmed every group of this client, so that every event
     /// published after the handshake is delivered. Gives up after `timeout` (e.g. Redis down):
     /// the client is still admitted, and the source subscribes when it can.
@@ -385,5 +391,6 @@ impl Drop for Membership {
     }
 }
 
+pub mod beat;
 #[cfg(test)]
 mod tests;

@@ -174,7 +174,7 @@ pub async fn run(
         broker,
         auth,
         upstream,
-        metrics,
+        metrics: Arc::new(metrics),
         health: health.clone(),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
@@ -182,6 +182,12 @@ pub async fn run(
     info!(public = %bound.public, admin = %bound.admin, upstream = %shared.config.upstream, ws_path = %shared.config.ws_path, "taskstream sidecar listening");
     on_bound(bound);
 
+    // The sessions' pings and shutdown: one clock for all of them (see hub::beat).
+    tokio::spawn(hub::beat::run(
+        shared.hub.clone(),
+        shared.config.ping_interval,
+        shared.shutdown.clone(),
+    ));
     let server = tokio::spawn(server::serve(public, shared.clone()));
     stop.await;
 

@@ -6,8 +6,16 @@ use clap::Parser;
 use taskstream_sidecar::config::{Args, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// `--features dhat-heap`: every allocation is tracked, and the profile (live bytes by call
+/// site at the heap's peak) is written to `dhat-heap.json` when the process exits cleanly.
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::new_heap();
     let args = Args::parse();
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(taskstream_contract::default::LOG_LEVEL));

@@ -30,11 +30,20 @@ use crate::metrics::Metrics;
 use crate::protocol;
 
 /// Per group: the last id sent (to catch up from), and the floor under which live copies are
-/// duplicates. Small vectors: a client has few groups.
+/// duplicates. One small slot per group the client has heard of, in one allocation (sized to
+/// the groups as they come: a client has few), so that a `taskstream.v1` client holding its
+/// positions costs about one slot per group while idle.
 #[derive(Debug, Default)]
 pub struct Positions {
-    last: Vec<(Box<str>, StreamId)>,
-    floors: Vec<(Box<str>, StreamId)>,
+    slots: Vec<Slot>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    group: Box<str>,
+    last: Option<StreamId>,
+    /// Live events at or before it were sent from history; cleared at the first one after.
+    floor: Option<StreamId>,
 }
 
 impl Positions {
@@ -43,39 +52,50 @@ impl Positions {
         let Some(id) = ev.id else {
             return true;
         };
-        if let Some(i) = self.floors.iter().position(|(g, _)| *g == ev.group) {
-            if id <= self.floors[i].1 {
+        let slot = self.slot(&ev.group);
+        if let Some(floor) = slot.floor {
+            if id <= floor {
                 return false;
             }
             // Past the seam: the group's live ids only grow from here.
-            self.floors.swap_remove(i);
+            slot.floor = None;
         }
-        set(&mut self.last, &ev.group, id);
+        slot.last = Some(id);
         true
     }
 
     fn sent_up_to(&mut self, group: &str, id: StreamId) {
-        set(&mut self.last, group, id);
-        set(&mut self.floors, group, id);
+        let slot = self.slot(group);
+        slot.last = Some(id);
+        slot.floor = Some(id);
     }
 
     fn forget(&mut self, group: &str) {
-        self.last.retain(|(g, _)| &**g != group);
-        self.floors.retain(|(g, _)| &**g != group);
+        self.slots.retain(|s| &*s.group != group);
     }
 
     fn last(&self, group: &str) -> Option<StreamId> {
-        self.last
+        self.slots
             .iter()
-            .find(|(g, _)| &**g == group)
-            .map(|(_, id)| *id)
+            .find(|s| &*s.group == group)
+            .and_then(|s| s.last)
     }
-}
 
-fn set(v: &mut Vec<(Box<str>, StreamId)>, group: &str, id: StreamId) {
-    match v.iter_mut().find(|(g, _)| &**g == group) {
-        Some(slot) => slot.1 = id,
-        None => v.push((group.into(), id)),
+    fn slot(&mut self, group: &str) -> &mut Slot {
+        let i = match self.slots.iter().position(|s| &*s.group == group) {
+            Some(i) => i,
+            None => {
+                // Grow by one: the default doubling would leave room for groups never joined.
+                self.slots.reserve_exact(1);
+                self.slots.push(Slot {
+                    group: group.into(),
+                    last: None,
+                    floor: None,
+                });
+                self.slots.len() - 1
+            }
+        };
+        &mut self.slots[i]
     }
 }
 

@@ -18,9 +18,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -35,8 +34,7 @@ use crate::metrics::{Metrics, RejectReason};
 use crate::origin::check_origin;
 use crate::protocol;
 use crate::proxy::{Body, Upstream, text};
-use crate::session::{self, Session};
-use crate::stall::Stall;
+use crate::session;
 
 /// Initial WebSocket read buffer per client (see the comment at the upgrade).
 const READ_BUFFER: usize = 256;
@@ -55,7 +53,7 @@ pub struct Shared {
     pub broker: Arc<Broker>,
     pub auth: Authenticator,
     pub upstream: Upstream,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub slots: Arc<Semaphore>,
     /// Cancelled on shutdown: sessions send 1001, HTTP connections finish and close.
@@ -220,44 +218,35 @@ async fn handshake(
         CONFIRM_TIMEOUT,
     )
     .await;
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let shared2 = shared.clone();
-    shared.tasks.spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                debug!(%peer, error = %e, "client went away during the upgrade");
-                return;
-            }
-        };
-        let ws_config = WebSocketConfig::default()
-            // Clients only send pongs and closes, and tungstenite zero-fills (so touches) the
-            // whole read buffer on the first read: a small one keeps idle connections cheap.
-            // It still grows to fit any larger frame (up to --max-message-bytes).
-            .read_buffer_size(READ_BUFFER)
-            .write_buffer_size(0)
-            // Events are written only once the previous write drained, so the buffer holds at
-            // most one event plus what tungstenite adds by itself (pongs, the close reply).
-            .max_write_buffer_size(
-                shared2.config.max_event_bytes + EVENT_FRAMING + session::OWED_LIMIT,
-            )
-            .max_message_size(Some(shared2.config.max_message_bytes))
-            .max_frame_size(Some(shared2.config.max_message_bytes));
-        let (io, stall) = Stall::new(TokioIo::new(upgraded));
-        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
-        debug!(%peer, user = identity.user.as_deref().unwrap_or("-"), groups = ?membership.groups(), "client connected");
-        let cx = session::Context {
-            broker: shared2.broker.clone(),
-            metrics: shared2.metrics.clone(),
-            link: v1.then(|| shared2.hub.link()),
-            ping_interval: shared2.config.ping_interval,
-            shutdown: shared2.shutdown.clone(),
-        };
-        Session::new(ws, stall, membership, cx, peer, v1)
-            .run(placed, resume, confirmed)
-            .await;
-        drop(permit);
+    let ws_config = WebSocketConfig::default()
+        // Clients only send pongs and closes, and tungstenite zero-fills (so touches) the
+        // whole read buffer on the first read: a small one keeps idle connections cheap.
+        // It still grows to fit any larger frame (up to --max-message-bytes).
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        // Events are written only once the previous write drained, so the buffer holds at
+        // most one event plus what tungstenite adds by itself (pongs, the close reply).
+        .max_write_buffer_size(shared.config.max_event_bytes + EVENT_FRAMING + session::OWED_LIMIT)
+        .max_message_size(Some(shared.config.max_message_bytes))
+        .max_frame_size(Some(shared.config.max_message_bytes));
+    let start = Box::new(session::Start {
+        on_upgrade: hyper::upgrade::on(&mut req),
+        ws_config,
+        cx: session::Context {
+            broker: shared.broker.clone(),
+            metrics: shared.metrics.clone(),
+            ping_interval: shared.config.ping_interval,
+        },
+        membership,
+        peer,
+        user: identity.user,
+        v1,
+        placed,
+        resume,
+        confirmed,
+        permit,
     });
+    shared.tasks.spawn(session::serve_client(start));
 
     let mut resp = Response::new(crate::proxy::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -91,7 +91,7 @@ async fn retries_until_connected_then_reports_loss_and_catch_up_in_one_place() {
         metrics: metrics.clone(),
     };
     let member = cx.hub.join(vec!["g".into()]);
-    let mut link_state = cx.hub.link();
+    let mut link_state = cx.hub.beat(0);
     let (lose, rx) = mpsc::unbounded_channel();
     let seen = Arc::new(Mutex::new(Seen::default()));
     let link = Scripted {
@@ -117,9 +117,9 @@ async fn retries_until_connected_then_reports_loss_and_catch_up_in_one_place() {
     // Lost: down everywhere, then back with a new generation (sessions catch up from history).
     lose.send(()).unwrap();
     link_state.changed().await.unwrap();
-    assert!(!link_state.borrow_and_update().up);
+    assert!(!link_state.borrow_and_update().link.up);
     link_state.changed().await.unwrap();
-    let back = *link_state.borrow_and_update();
+    let back = link_state.borrow_and_update().link;
     assert_eq!((back.generation, back.up), (1, true));
     assert!(cx.health.broker_up());
     assert_eq!(metrics.broker_up.get(), 1);
