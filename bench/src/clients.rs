@@ -142,7 +142,7 @@ pub struct Plan {
     /// Speak `taskstream.v1` (sidecar only): JSON frames with ids, and resume with `last_id`
     /// from the last id received after a drop.
     pub v1: bool,
-    /// Groups in each sidecar client's token (besides its own `user:{sub}`): client `i` is in
+    /// Groups in each client's token (besides its own `user:{sub}`): client `i` is in
     /// `g{i}`, `g{i+1}`, ... (mod `groups`); events are counted for the first one only.
     pub groups_per_conn: usize,
 }
@@ -189,19 +189,15 @@ impl Fleet {
         let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
         for i in 0..plan.conns {
             let group = group_name(i % plan.groups.max(1));
-            let url = match plan.kind {
-                Kind::Sidecar => {
-                    let token_groups: Vec<String> = (0..plan.groups_per_conn.max(1))
-                        .map(|j| group_name((i + j) % plan.groups.max(1)))
-                        .collect();
-                    let claims = serde_json::json!({"sub": format!("c{i}"), "groups": token_groups, "exp": exp});
-                    let token =
-                        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)
-                            .unwrap_or_default();
-                    format!("ws://{}/ws/tasks/?token={token}", plan.server)
-                }
-                Kind::Baseline => format!("ws://{}/ws?groups={group}", plan.server),
-            };
+            // Both servers take the same token: its groups plus the client's own `user:{sub}`.
+            let token_groups: Vec<String> = (0..plan.groups_per_conn.max(1))
+                .map(|j| group_name((i + j) % plan.groups.max(1)))
+                .collect();
+            let claims =
+                serde_json::json!({"sub": format!("c{i}"), "groups": token_groups, "exp": exp});
+            let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)
+                .unwrap_or_default();
+            let url = format!("ws://{}/ws/tasks/?token={token}", plan.server);
             let client = Client {
                 url,
                 group,

@@ -31,7 +31,8 @@ struct Args {
     /// Runs of each scenario per target (medians are reported).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Sidecar event source (the baseline always uses its admin publish endpoint).
+    /// Event source of both servers: admin `POST /publish/<group>` (memory) or Redis `PUBLISH`
+    /// (redis: sidecar `--broker redis`, baseline `--redis-url`, each on its own redis-server).
     #[arg(long, value_enum, default_value = "memory")]
     broker: Broker,
     /// WebSocket handshakes in flight at once.
@@ -69,6 +70,10 @@ enum Scenario {
     Idle {
         #[arg(long, value_delimiter = ',', default_value = "5000,19000")]
         conns: Vec<usize>,
+        /// Run the sidecar with history on (`--history-size N`; needs --broker redis); 0: off.
+        /// The baseline keeps no history either way.
+        #[arg(long, default_value_t = 0)]
+        history_size: usize,
     },
     /// Rate ramp over N clients in G groups until p99 passes the limit or an event is lost.
     Fanout(FanoutArgs),
@@ -219,11 +224,21 @@ impl Run {
         let broker = self.ctx.broker;
         for run in 0..runs {
             match scenario {
-                Scenario::Idle { conns } => {
+                Scenario::Idle {
+                    conns,
+                    history_size,
+                } => {
+                    if *history_size > 0 && broker != Broker::Redis {
+                        anyhow::bail!("idle --history-size needs --broker redis");
+                    }
                     for &n in conns {
                         for kind in self.kinds() {
-                            let v = idle::run(&self.ctx, kind, n).await?;
-                            self.emit(tag(v, "idle", &format!("{n} conns"), kind, run, broker))?;
+                            let v = idle::run(&self.ctx, kind, n, *history_size).await?;
+                            let variant = match history_size {
+                                0 => format!("{n} conns"),
+                                h => format!("{n} conns, sidecar history {h}"),
+                            };
+                            self.emit(tag(v, "idle", &variant, kind, run, broker))?;
                         }
                     }
                 }
@@ -379,7 +394,7 @@ fn tag(v: Value, scenario: &str, variant: &str, kind: Kind, run: usize, broker: 
         "variant": variant,
         "target": kind,
         "run": run,
-        "broker": if kind == Kind::Sidecar { json!(broker) } else { json!("admin-publish") },
+        "broker": broker,
     });
     if let (Some(o), Value::Object(fig)) = (line.as_object_mut(), v) {
         o.extend(fig);
@@ -418,6 +433,7 @@ async fn main() -> Result<()> {
             let all = [
                 Scenario::Idle {
                     conns: vec![5000, 19000],
+                    history_size: 0,
                 },
                 Scenario::Fanout(fanout.clone()),
                 Scenario::Broadcast {

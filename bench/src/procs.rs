@@ -44,7 +44,8 @@ impl Bins {
     }
 }
 
-/// The JWT secret the sidecar is started with; the load tool signs its tokens with it.
+/// The JWT secret the sidecar and the baseline are started with; the load tool signs its tokens
+/// with it.
 pub const JWT_SECRET: &str = "taskstream-bench-secret-0123456789";
 
 /// Which server a run measures.
@@ -53,16 +54,17 @@ pub const JWT_SECRET: &str = "taskstream-bench-secret-0123456789";
 pub enum Kind {
     /// taskstream-sidecar, JWT (HS256) auth.
     Sidecar,
-    /// The minimal tokio-tungstenite broadcast server: no auth, no Redis.
+    /// The lean baseline fan-out server: JWT (HS256) auth, Redis pub/sub or admin publish.
     Baseline,
 }
 
 /// How events reach the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Feed {
-    /// `POST /publish/<group>` on the admin port (sidecar `--broker memory`, and the baseline).
+    /// `POST /publish/<group>` on the admin port (sidecar `--broker memory`; baseline without
+    /// Redis).
     Admin,
-    /// Redis `PUBLISH taskstream:<group>` (sidecar `--broker redis`).
+    /// Redis `PUBLISH taskstream:<group>` (sidecar `--broker redis`; baseline `--redis-url`).
     Redis(String),
 }
 
@@ -81,7 +83,7 @@ struct Spec {
     bins: Bins,
     feed: Feed,
     upstream: Option<SocketAddr>,
-    /// More sidecar flags (`--history-size N`).
+    /// More sidecar flags (`--history-size N`); the baseline takes none.
     extra: Vec<String>,
 }
 
@@ -142,7 +144,11 @@ impl Server {
             Kind::Baseline => {
                 let mut c = Command::new(&spec.bins.baseline);
                 c.args(["broadcast", "--listen", &public.to_string()])
-                    .args(["--admin-listen", &admin.to_string()]);
+                    .args(["--admin-listen", &admin.to_string()])
+                    .args(["--jwt-secret", JWT_SECRET]);
+                if let Feed::Redis(url) = &spec.feed {
+                    c.args(["--redis-url", url]);
+                }
                 c
             }
         };

@@ -57,6 +57,7 @@ pub fn figures(scenario: &str) -> &'static [Figure] {
             ),
             f!("p50 at 50k/s (ms)", "step:50000:p50_ms"),
             f!("p99 at 50k/s (ms)", "step:50000:p99_ms"),
+            f!("server CPU time at 50k/s (s)", "step:50000:server_cpu_secs"),
             f!(
                 "server CPU per delivery at 50k/s (us)",
                 "step:50000:server_cpu_us_per_delivery"
@@ -150,8 +151,8 @@ pub fn value(run: &Value, pointer: &str) -> Option<f64> {
 }
 
 /// Medians (or the worst run, see [`Figure::worst`]) per (scenario, variant, figure, target)
-/// and the sidecar/baseline ratio. Sidecar runs on `--broker redis` are a variant of their own
-/// (`... , redis`), without a ratio.
+/// and the sidecar/baseline ratio. Runs on `--broker redis` are a variant of their own
+/// (`... , redis`), both servers then taking their events from Redis.
 pub fn summarize(runs: &[Value]) -> Vec<Value> {
     // (scenario, variant) -> target -> runs
     let mut by: BTreeMap<(String, String), BTreeMap<String, Vec<&Value>>> = BTreeMap::new();

@@ -20,13 +20,15 @@ use crate::procstat::{self, Usage};
 use crate::publish::Sink;
 use crate::sidecar_metrics::{self, Counters};
 
-/// Which broker the sidecar uses (the baseline always takes events on its admin port).
+/// Where both servers take events from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Broker {
-    /// `--broker memory`, events by `POST /publish/<group>` on the admin port.
+    /// Sidecar `--broker memory`, baseline without Redis: events by `POST /publish/<group>` on
+    /// the admin port.
     Memory,
-    /// `--broker redis` against our own redis-server, events by `PUBLISH`.
+    /// Sidecar `--broker redis`, baseline `--redis-url`, each against its own redis-server:
+    /// events by `PUBLISH taskstream:<group>`.
     Redis,
 }
 
@@ -66,15 +68,24 @@ pub struct Target {
 
 impl Target {
     pub async fn start(ctx: &Ctx, kind: Kind) -> Result<Self> {
-        let redis = match (kind, ctx.broker) {
-            (Kind::Sidecar, Broker::Redis) => Some(Redis::start(ctx.redis_resp2).await?),
-            _ => None,
+        Self::start_with(ctx, kind, Vec::new()).await
+    }
+
+    /// [`Target::start`] with more sidecar flags (ignored for the baseline).
+    pub async fn start_with(ctx: &Ctx, kind: Kind, sidecar_flags: Vec<String>) -> Result<Self> {
+        let redis = match ctx.broker {
+            Broker::Redis => Some(Redis::start(ctx.redis_resp2).await?),
+            Broker::Memory => None,
         };
         let feed = match &redis {
             Some(r) => Feed::Redis(r.url.clone()),
             None => Feed::Admin,
         };
-        let server = Server::start(kind, &ctx.bins, feed, None).await?;
+        let extra = match kind {
+            Kind::Sidecar => sidecar_flags,
+            Kind::Baseline => Vec::new(),
+        };
+        let server = Server::start_with(kind, &ctx.bins, feed, None, extra).await?;
         let sink = match &redis {
             Some(r) => Sink::Redis(r.url.clone()),
             None => Sink::Admin(server.admin),
@@ -91,7 +102,7 @@ impl Target {
         self.server.usage()
     }
 
-    /// CPU time of our redis-server, if the sidecar uses one.
+    /// CPU time of our redis-server, on the Redis path.
     pub fn broker_cpu(&self) -> std::time::Duration {
         self.redis
             .as_ref()

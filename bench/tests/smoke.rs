@@ -1,7 +1,7 @@
 //! Smoke test: every scenario with a handful of connections for a fraction of a second, to prove
 //! the tool works end to end (real sidecar binary, baseline, app, redis-server). Asserts that
-//! each run completes and reports, never a speed; the Redis fan-out publishes for 16 s and must
-//! lose nothing.
+//! each run completes and reports, never a speed; the Redis fan-out publishes for 16 s to each
+//! server (sidecar and lean baseline) and must lose nothing.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -47,6 +47,27 @@ fn bench(sidecar: &Path, args: &[&str]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The summary line of `figure` (Redis path) has both servers' figures (and, given, their
+/// common value).
+fn assert_compared(lines: &[serde_json::Value], scenario: &str, figure: &str, both: Option<f64>) {
+    let s = lines
+        .iter()
+        .find(|l| l["summary"] == scenario && l["figure"] == figure)
+        .unwrap_or_else(|| panic!("no summary of {figure}: {lines:?}"));
+    assert!(
+        s["variant"]
+            .as_str()
+            .is_some_and(|v| v.ends_with(", redis")),
+        "{s}"
+    );
+    for target in ["sidecar", "baseline"] {
+        assert!(s[target].as_f64().is_some(), "{target}: {s}");
+        if let Some(v) = both {
+            assert_eq!(s[target].as_f64(), Some(v), "{target}: {s}");
+        }
+    }
+}
+
 fn runs<'a>(lines: &'a [serde_json::Value], scenario: &str) -> Vec<&'a serde_json::Value> {
     lines.iter().filter(|l| l["scenario"] == scenario).collect()
 }
@@ -82,16 +103,15 @@ fn every_scenario_runs_with_a_few_clients() {
         assert!(steps[0]["delivered"].as_u64() > Some(0), "{l}");
     }
 
-    // The Redis path through a real redis-server, publishing without pause for the default
-    // --min-secs (16 s, more than three of the sidecar's 5 s keep-alive PINGs): nothing lost,
-    // nothing twice, the subscription never re-made.
+    // The Redis path through a real redis-server, sidecar and lean baseline alike, publishing
+    // without pause for the default --min-secs (16 s, more than three of the sidecar's 5 s
+    // keep-alive PINGs): nothing lost, nothing twice, the subscription never re-made, and the
+    // summary has the sidecar's ratio to the baseline.
     let fan = bench(
         &sidecar,
         &[
             "--broker",
             "redis",
-            "--target",
-            "sidecar",
             "fanout",
             "--fanout-conns",
             "20",
@@ -102,14 +122,44 @@ fn every_scenario_runs_with_a_few_clients() {
         ],
     );
     let r = runs(&fan, "fanout");
-    assert_eq!(r.len(), 1, "{fan:?}");
-    let step = &r[0]["steps"][0];
-    assert!(step["publish_secs"].as_f64() >= Some(15.9), "{step}");
-    assert!(step["expected"].as_u64() >= Some(3000), "{step}");
-    assert_eq!(step["lost"], 0, "{step}");
-    assert_eq!(step["duplicates"], 0, "{step}");
-    assert_eq!(step["unheard"], 0, "{step}");
-    assert_eq!(r[0]["redis_reconnects"], 0, "{}", r[0]);
+    assert_eq!(r.len(), 2, "sidecar and baseline: {fan:?}");
+    for l in &r {
+        assert_eq!(l["broker"], "redis", "{l}");
+        let step = &l["steps"][0];
+        assert!(step["publish_secs"].as_f64() >= Some(15.9), "{step}");
+        assert!(step["expected"].as_u64() >= Some(3000), "{step}");
+        assert_eq!(step["lost"], 0, "{step}");
+        assert_eq!(step["duplicates"], 0, "{step}");
+        assert_eq!(step["unheard"], 0, "{step}");
+    }
+    let sidecar_run = r
+        .iter()
+        .find(|l| l["target"] == "sidecar")
+        .expect("sidecar");
+    assert_eq!(sidecar_run["redis_reconnects"], 0, "{sidecar_run}");
+    assert_compared(&fan, "fanout", "lost in any step (worst run)", Some(0.0));
+
+    // Idle through Redis, the sidecar with history on: both hold every client (the baseline's
+    // JWT auth and per-group SUBSCRIBE included) and the summary compares them.
+    let idle = bench(
+        &sidecar,
+        &[
+            "--broker",
+            "redis",
+            "idle",
+            "--conns",
+            "20",
+            "--history-size",
+            "100",
+        ],
+    );
+    let r = runs(&idle, "idle");
+    assert_eq!(r.len(), 2, "{idle:?}");
+    assert!(
+        r.iter().all(|l| l["open"] == 20 && l["broker"] == "redis"),
+        "{r:?}"
+    );
+    assert_compared(&idle, "idle", "RSS per idle connection (bytes)", None);
 
     let b = bench(&sidecar, &["broadcast", "--conns", "20", "--repeats", "2"]);
     let r = runs(&b, "broadcast");

@@ -1,8 +1,9 @@
-//! `taskstream-bench-baseline`: the baseline broadcast server, or the tiny HTTP app.
+//! `taskstream-bench-baseline`: the lean baseline broadcast server, or the tiny HTTP app.
 
 use std::net::SocketAddr;
 
 use clap::{Parser, Subcommand};
+use taskstream_bench::baseline::Config;
 
 #[derive(Parser)]
 #[command(name = "taskstream-bench-baseline", about)]
@@ -13,12 +14,19 @@ struct Args {
 
 #[derive(Subcommand)]
 enum What {
-    /// Minimal tokio-tungstenite broadcast server: ws `/ws?groups=a,b`, admin `POST /publish/<g>`.
+    /// Lean fan-out server: ws with `?token=<JWT>` (HS256; groups from the `groups` claim and
+    /// `user:{sub}`), events from Redis `PUBLISH taskstream:<g>` or admin `POST /publish/<g>`.
     Broadcast {
-        #[arg(long)]
+        #[arg(long, env = "TASKSTREAM_BENCH_LISTEN")]
         listen: SocketAddr,
-        #[arg(long)]
+        #[arg(long, env = "TASKSTREAM_BENCH_ADMIN_LISTEN")]
         admin_listen: SocketAddr,
+        /// HS256 secret the clients' tokens are signed with.
+        #[arg(long, env = "TASKSTREAM_BENCH_JWT_SECRET")]
+        jwt_secret: String,
+        /// Subscribe to the groups' channels on this Redis (as the sidecar's `--broker redis`).
+        #[arg(long, env = "TASKSTREAM_BENCH_REDIS_URL")]
+        redis_url: Option<String>,
     },
     /// Tiny hyper app answering `200 hello, world` to everything.
     App {
@@ -34,7 +42,17 @@ async fn main() -> anyhow::Result<()> {
         What::Broadcast {
             listen,
             admin_listen,
-        } => taskstream_bench::baseline::broadcast(listen, admin_listen).await,
+            jwt_secret,
+            redis_url,
+        } => {
+            let config = Config {
+                listen,
+                admin_listen,
+                jwt_secret,
+                redis_url,
+            };
+            taskstream_bench::baseline::broadcast(config).await
+        }
         What::App { listen } => taskstream_bench::baseline::app(listen).await,
     }
 }

@@ -50,12 +50,14 @@ pub struct StepResult {
     pub unheard: u64,
     /// Clients still connected at the end of the step (of those opened).
     pub clients_open: usize,
-    /// The sidecar's counters during this step (absent for the baseline).
+    /// The sidecar's counters during this step (absent for the baseline, which has none).
     pub sidecar: Option<Counters>,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
     pub server_cpu_us_per_delivery: f64,
+    /// The server's CPU time over the step (publishing and draining).
+    pub server_cpu_secs: f64,
     pub server_cpu_pct: f64,
     /// redis-server's CPU, when the sidecar uses `--broker redis`.
     pub broker_cpu_pct: f64,
@@ -132,6 +134,7 @@ pub async fn run(ctx: &Ctx, kind: Kind, args: &Args) -> Result<Value> {
             p99_ms,
             max_ms: hist.max() as f64 / 1000.0,
             server_cpu_us_per_delivery: r3(server_cpu * 1e6 / delivered.max(1) as f64),
+            server_cpu_secs: r3(server_cpu),
             server_cpu_pct: r3(server_cpu * 100.0 / wall),
             broker_cpu_pct: r3(broker_cpu * 100.0 / wall),
             broker_cpu_us_per_delivery: r3(broker_cpu * 1e6 / delivered.max(1) as f64),

@@ -14,8 +14,13 @@ const PER_GROUP: usize = 10;
 /// Time for the server's allocator and the kernel's counters to settle.
 const SETTLE: Duration = Duration::from_millis(1500);
 
-pub async fn run(ctx: &Ctx, kind: Kind, conns: usize) -> Result<Value> {
-    let target = Target::start(ctx, kind).await?;
+/// `history_size` > 0: the sidecar runs with `--history-size` (the baseline has no history).
+pub async fn run(ctx: &Ctx, kind: Kind, conns: usize, history_size: usize) -> Result<Value> {
+    let flags = match history_size {
+        0 => Vec::new(),
+        h => vec!["--history-size".to_owned(), h.to_string()],
+    };
+    let target = Target::start_with(ctx, kind, flags).await?;
     tokio::time::sleep(SETTLE / 3).await;
     let before = target.server.usage();
     let own_before = procstat::own();
@@ -28,6 +33,7 @@ pub async fn run(ctx: &Ctx, kind: Kind, conns: usize) -> Result<Value> {
     fleet.stop().await;
     Ok(json!({
         "conns": conns,
+        "sidecar_history_size": history_size,
         "open": opened.open,
         "failures": opened.failures,
         "connect_secs": r3(opened.secs),
