@@ -35,6 +35,21 @@ pub use cli::{Cli, Command, RenderArgs, RunArgs};
 pub use error::{Error, Result};
 pub use shutdown::Shutdown;
 
+/// The API client, every request counted in `metrics.api_requests`.
+async fn client(metrics: &metrics::Metrics) -> Result<Client> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| Error::Client(Box::new(kube::Error::InferConfig(e))))?;
+    let builder =
+        kube::client::ClientBuilder::try_from(config).map_err(|e| Error::Client(Box::new(e)))?;
+    // Outermost, so a request counts once however the stack below retries or refreshes auth.
+    Ok(builder
+        .with_layer(&metrics::api::CountRequests::new(
+            metrics.api_requests.clone(),
+        ))
+        .build())
+}
+
 /// Runs the operator until `shutdown`: admin server, then the controller (under leader
 /// election unless disabled). `args` must have passed [`RunArgs::validate`].
 pub async fn run(args: RunArgs, shutdown: Shutdown) -> Result<()> {
@@ -69,9 +84,7 @@ pub async fn run(args: RunArgs, shutdown: Shutdown) -> Result<()> {
         shutdown.clone(),
     ));
 
-    let client = Client::try_default()
-        .await
-        .map_err(|e| Error::Client(Box::new(e)))?;
+    let client = client(&metrics).await?;
     let params = resources::Params { sidecar_image };
 
     // The webhook runs on every replica, leader or not: the API server calls any of them.

@@ -1,5 +1,7 @@
 //! Prometheus metrics (`taskstream_operator_*`), served on the admin port's `/metrics`.
 
+pub mod api;
+
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -46,6 +48,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// 1 while a TaskStream's condition is `True` as last written to its status, else 0.
     pub conditions: Family<ConditionLabels, Gauge>,
+    /// Requests to the API server, by verb, resource and code (see [`api::CountRequests`]).
+    pub api_requests: Family<api::ApiRequestLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -57,6 +61,7 @@ impl Default for Metrics {
             duration: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
             leader: Gauge::default(),
             conditions: Family::default(),
+            api_requests: Family::default(),
         }
     }
 }
@@ -90,6 +95,11 @@ impl Metrics {
             "taskstream_condition",
             "1 while the TaskStream's status condition is True, by condition (Ready, Progressing, Degraded)",
             metrics.conditions.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "Requests of the operator to the API server, by verb, resource and HTTP code",
+            metrics.api_requests.clone(),
         );
         (metrics, registry)
     }

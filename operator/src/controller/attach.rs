@@ -50,6 +50,7 @@ pub async fn apply(ts: &TaskStream, ctx: &Context, namespace: &str) -> Result<Ac
     ssa(client, namespace, &name, "Service", &children.service).await?;
     let route = apply_entry(
         ts,
+        &ctx.children(),
         client,
         namespace,
         children.ingress.as_ref(),

@@ -16,13 +16,15 @@ use gateway_api::httproutes::HttpRoute;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::{debug, info};
 
+use super::cache::{self, Cached, Children, Version, lookup};
 use crate::crd::TaskStream;
 use crate::error::{Error, Result};
 use crate::resources::{self, FIELD_MANAGER};
@@ -172,6 +174,39 @@ where
     })
 }
 
+/// [`ssa`], unless `cached` (the child in the watch cache) shows that this process's last
+/// apply of the same object is still in place: then nothing is sent and `None` returned.
+// `ssa`'s five plus what the skip needs (cache, cached child, how to compare): a struct for
+// one call shape would only rename them.
+#[allow(clippy::too_many_arguments)]
+pub async fn apply_unless_unchanged<K>(
+    children: &Children,
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    kind: &'static str,
+    obj: &K,
+    cached: Option<&ObjectMeta>,
+    version: Version,
+) -> Result<Option<K>>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let digest = cache::digest(obj);
+    if let Some(cached) = cached
+        && children.unchanged(kind, obj.meta(), &digest, cached, version)
+    {
+        return Ok(None);
+    }
+    let answer = ssa(client, namespace, name, kind, obj).await?;
+    children.record(kind, digest, answer.meta(), version);
+    Ok(Some(answer))
+}
+
 /// Applies the HTTPRoute. A 404 means the API server has no HTTPRoute resource: the Gateway
 /// API CRDs are not installed, which the user must fix (Degraded), not a transient failure.
 pub async fn apply_route(
@@ -210,16 +245,34 @@ pub async fn parent_gateway(ts: &TaskStream, client: &Client) -> Option<Gateway>
 /// the other if this TaskStream owns it; returns the applied route's acceptance and URL.
 pub async fn apply_entry(
     ts: &TaskStream,
+    children: &Children,
     client: &Client,
     namespace: &str,
     ingress: Option<&Ingress>,
     route: Option<&HttpRoute>,
 ) -> Result<Option<Route>> {
+    let name = ts.name_any();
+    let cached_ingress = lookup(&children.ingresses, namespace, &name);
     match ingress {
-        Some(ing) => drop(ssa(client, namespace, &ts.name_any(), "Ingress", ing).await?),
-        None => delete_stale::<Ingress>(ts, client, namespace, "Ingress").await?,
+        Some(ing) => {
+            let cached = match &cached_ingress {
+                Cached::Present(c) => Some(&c.metadata),
+                _ => None,
+            };
+            let kind = "Ingress";
+            let version = Version::ResourceVersion;
+            apply_unless_unchanged(
+                children, client, namespace, &name, kind, ing, cached, version,
+            )
+            .await?;
+        }
+        None => {
+            delete_stale_cached::<Ingress, _>(ts, client, namespace, "Ingress", cached_ingress)
+                .await?
+        }
     }
     match route {
+        // Always applied: the answer carries the Gateways' acceptance the status shows.
         Some(route) => {
             let applied = apply_route(ts, client, namespace, route).await?;
             let gateway = parent_gateway(ts, client).await;
@@ -229,8 +282,34 @@ pub async fn apply_entry(
             }))
         }
         None => {
-            delete_stale::<HttpRoute>(ts, client, namespace, "HTTPRoute").await?;
+            let cached = children.route(namespace, &name);
+            delete_stale_cached::<HttpRoute, _>(ts, client, namespace, "HTTPRoute", cached).await?;
             Ok(None)
+        }
+    }
+}
+
+/// [`delete_stale`] with the watch cache's answer: `Absent` costs no request, `Present` only
+/// the delete (if owned), `Unknown` (the cache has not listed yet) reads the API server.
+pub async fn delete_stale_cached<K, C>(
+    ts: &TaskStream,
+    client: &Client,
+    namespace: &str,
+    kind: &'static str,
+    cached: Cached<C>,
+) -> Result<()>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    C: Resource,
+{
+    match cached {
+        Cached::Unknown => delete_stale::<K>(ts, client, namespace, kind).await,
+        Cached::Absent => Ok(()),
+        Cached::Present(obj) => {
+            delete_if_owned::<K>(ts, client, namespace, kind, obj.owner_references()).await
         }
     }
 }
@@ -266,20 +345,42 @@ where
         Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
         Err(e) => return Err(kube_err("get", e)),
     };
+    delete_if_owned::<K>(ts, client, namespace, kind, existing.owner_references()).await
+}
+
+/// Deletes the child named like `ts` when `owners` name `ts` (a same-named object someone else
+/// made is left alone).
+async fn delete_if_owned<K>(
+    ts: &TaskStream,
+    client: &Client,
+    namespace: &str,
+    kind: &'static str,
+    owners: &[OwnerReference],
+) -> Result<()>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
     let uid = ts.uid();
-    if !existing
-        .owner_references()
-        .iter()
-        .any(|o| Some(&o.uid) == uid.as_ref())
-    {
+    if !owners.iter().any(|o| Some(&o.uid) == uid.as_ref()) {
         return Ok(());
     }
+    let name = ts.name_any();
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
     match api.delete(&name, &DeleteParams::background()).await {
         Ok(_) => {
             info!(taskstream = %name, kind, "deleted child the spec no longer asks for");
             Ok(())
         }
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(kube_err("delete", e)),
+        Err(e) => Err(Error::Kube {
+            action: "delete",
+            kind,
+            namespace: namespace.into(),
+            name,
+            source: Box::new(e),
+        }),
     }
 }

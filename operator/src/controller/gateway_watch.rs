@@ -5,17 +5,24 @@
 //! discovery of gateway.networking.k8s.io/v1 ──(every RECHECK until httproutes is served)──┐
 //!                                                                                          v
 //!   found: ─> one "reconcile all" (TaskStreams left Degraded GatewayAPIMissing retry now)
-//!          ─> watcher(HTTPRoutes, managed-by label) ─> owns_stream ─> reconcile the owner
+//!          ─> metadata watcher(HTTPRoutes, managed-by label) ─> cache ─> owns_stream
 //! ```
+//!
+//! While discovery says no, `unserved` is set: the cache then answers "no HTTPRoute" without a
+//! request (none can exist).
 //!
 //! A watch of a resource the API server does not serve would fail and back off forever, so the
 //! watch starts only once discovery lists `httproutes`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::channel::oneshot;
 use futures::{Stream, StreamExt, future, stream};
 use gateway_api::httproutes::HttpRoute;
+use kube::api::PartialObjectMeta;
+use kube::runtime::reflector::store::Writer;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tracing::{debug, info};
@@ -38,19 +45,23 @@ pub async fn serves_httproutes(client: &Client) -> bool {
     }
 }
 
-/// Owned HTTPRoutes as a controller trigger: waits (asking discovery every `recheck`) until the
-/// API server serves HTTPRoutes, signals `found` if it had to wait, then watches them with
-/// `config`.
+/// Owned HTTPRoutes as a controller trigger: waits (asking discovery every `recheck`, with
+/// `unserved` set meanwhile) until the API server serves HTTPRoutes, signals `found` if it had
+/// to wait, then watches their metadata with `config` into `cache` (`Api<PartialObjectMeta<_>>`
+/// asks the API server for metadata only).
 pub fn httproutes(
-    api: Api<HttpRoute>,
+    api: Api<PartialObjectMeta<HttpRoute>>,
     client: Client,
     config: watcher::Config,
     recheck: Duration,
     found: oneshot::Sender<()>,
-) -> impl Stream<Item = Result<HttpRoute, watcher::Error>> + Send + 'static {
+    unserved: Arc<AtomicBool>,
+    cache: Writer<PartialObjectMeta<HttpRoute>>,
+) -> impl Stream<Item = Result<PartialObjectMeta<HttpRoute>, watcher::Error>> + Send + 'static {
     let served = async move {
         let mut logged = false;
         while !serves_httproutes(&client).await {
+            unserved.store(true, Ordering::Relaxed);
             if !logged {
                 info!(
                     recheck = ?recheck,
@@ -60,6 +71,8 @@ pub fn httproutes(
             }
             tokio::time::sleep(recheck).await;
         }
+        // From here the cache answers, once its first list is in.
+        unserved.store(false, Ordering::Relaxed);
         if logged {
             info!("the Gateway API (HTTPRoute) is installed: watching HTTPRoutes");
             // Only when it came late: at start-up every TaskStream is being reconciled anyway.
@@ -67,11 +80,12 @@ pub fn httproutes(
             let _ = found.send(());
         }
     };
-    stream::once(served).flat_map(move |()| {
-        watcher(api.clone(), config.clone())
-            .default_backoff()
-            .touched_objects()
-    })
+    stream::once(served)
+        .flat_map(move |()| watcher(api.clone(), config.clone()))
+        .default_backoff()
+        .modify(super::cache::slim_meta)
+        .reflect(cache)
+        .touched_objects()
 }
 
 /// One "reconcile every TaskStream" once `found` fires; nothing if it is dropped unsent.
@@ -125,7 +139,17 @@ mod tests {
         let client = Client::new(service, "apps");
         let (found_tx, found_rx) = oneshot::channel();
         let config = watcher::Config::default().labels("app.kubernetes.io/managed-by=x");
-        let routes = httproutes(Api::all(client.clone()), client, config, RECHECK, found_tx);
+        let unserved = Arc::new(AtomicBool::new(false));
+        let (_, writer) = kube::runtime::reflector::store();
+        let routes = httproutes(
+            Api::all(client.clone()),
+            client,
+            config,
+            RECHECK,
+            found_tx,
+            unserved.clone(),
+            writer,
+        );
         let consumer = tokio::spawn(async move {
             let mut routes = Box::pin(routes);
             routes
@@ -144,6 +168,7 @@ mod tests {
             .await
             .expect("found in time")
             .expect("reconcile-all fires once");
+        assert!(!unserved.load(Ordering::Relaxed), "served now");
 
         let (request, send) = handle.next_request().await.expect("list request");
         assert_eq!(request.method(), Method::GET);
@@ -193,6 +218,8 @@ mod tests {
             watcher::Config::default(),
             RECHECK,
             found_tx,
+            Arc::default(),
+            kube::runtime::reflector::store().1,
         );
         let _consumer = tokio::spawn(async move { Box::pin(routes).next().await });
         let started = tokio::time::Instant::now();
