@@ -27,20 +27,26 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, info};
 
 use crate::broker::Broker;
 use crate::broker::id::StreamId;
-use crate::hub::{Beat, Event, Link, Membership};
+use crate::hub::{Event, Link, Membership};
 use crate::metrics::{CloseReason, Metrics};
 use crate::resume::{self as catchup, Placed, Positions};
 use crate::stall::{Stall, StallFlag};
+
+mod close;
+mod heart;
+
+use self::close::{Ended, caught_up_or_close, close};
+use self::heart::Heart;
 
 /// The upgraded client socket.
 pub type Ws = WebSocketStream<Stall<TokioIo<Upgraded>>>;
@@ -112,7 +118,7 @@ pub struct Session {
     cx: Shared,
     peer: SocketAddr,
     v1: bool,
-    /// Pings, the broker's link and shutdown ([`Beat`]).
+    /// Pings, the broker's link and shutdown ([`crate::hub::Beat`]).
     heart: Heart,
     /// The last ping tick acted on.
     tick: u64,
@@ -452,43 +458,6 @@ impl Session {
         }
     }
 
-    /// Closes the client for why a live write ended.
-    async fn end(&mut self, why: Ended) -> Step {
-        let peer = self.peer;
-        let (code, text, reason) = match why {
-            Ended::WriteFailed(WsError::WriteBufferFull(_)) => {
-                debug!(%peer, "client does not read; write buffer full");
-                (
-                    CloseCode::Policy,
-                    "not reading: unsent data over the limit",
-                    CloseReason::Unread,
-                )
-            }
-            Ended::WriteFailed(e) => {
-                debug!(%peer, error = %e, "write to client failed");
-                return Err(CloseReason::Gone);
-            }
-            // The queue overflowed (or lagged while we wrote): events were dropped.
-            Ended::Lagged => (
-                CloseCode::Again,
-                "too slow: events were dropped, reconnect",
-                CloseReason::SlowClient,
-            ),
-            Ended::Shutdown if self.membership.queue.is_lagged() => (
-                CloseCode::Again,
-                "too slow: events were dropped, reconnect",
-                CloseReason::SlowClient,
-            ),
-            Ended::Shutdown => (
-                CloseCode::Away,
-                "server shutting down, reconnect",
-                CloseReason::Shutdown,
-            ),
-        };
-        close(&mut self.ws, code, text).await;
-        Err(reason)
-    }
-
     /// Our ping: drops a client silent for two intervals, or one that does not take the ping.
     async fn on_ping(&mut self) -> Step {
         let interval = self.cx.ping_interval;
@@ -505,13 +474,6 @@ impl Session {
     }
 }
 
-/// Why a live write ended the session.
-enum Ended {
-    Lagged,
-    Shutdown,
-    WriteFailed(WsError),
-}
-
 /// The frame a live event goes out as, if it goes out: v1 clients skip what history sent.
 fn frame(v1: bool, ev: &Event, positions: &mut Positions) -> Option<Utf8Bytes> {
     if !v1 {
@@ -520,30 +482,7 @@ fn frame(v1: bool, ev: &Event, positions: &mut Positions) -> Option<Utf8Bytes> {
     positions.admit(ev).then(|| ev.v1_frame().clone())
 }
 
-/// A session's end of its beat.
-struct Heart {
-    rx: watch::Receiver<Beat>,
-    /// A beat came in while the session waited on something else (see [`Heart::shutdown`]).
-    pending: bool,
-}
-
-impl Heart {
-    /// Resolves once the server shuts down. Any other beat meanwhile (a ping tick, the link)
-    /// is noted as pending for the event loop, which acts on it once the wait is over.
-    async fn shutdown(&mut self) {
-        loop {
-            if self.rx.changed().await.is_err() {
-                return; // the hub is gone, so is the server
-            }
-            self.pending = true;
-            if self.rx.borrow().shutdown {
-                return;
-            }
-        }
-    }
-}
-
-/// `taskstream_connections` up while it lives: the one place the gauge goes down again.
+/// `taskstream_connections` up while it lives: the one place it goes down again.
 struct Connected(Gauge);
 
 impl Connected {
@@ -559,75 +498,5 @@ impl Drop for Connected {
     }
 }
 
-/// Ends the session when catching up failed: the client went away, or it did not take its
-/// missed events within a ping interval.
-async fn caught_up_or_close<S>(
-    sink: &mut S,
-    outcome: Result<Result<(), WsError>, tokio::time::error::Elapsed>,
-    peer: SocketAddr,
-) -> Step
-where
-    S: futures_util::Sink<Message> + Unpin,
-{
-    match outcome {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => {
-            debug!(%peer, error = %e, "client went away while catching up");
-            close(sink, CloseCode::Away, "reconnect").await;
-            Err(CloseReason::Gone)
-        }
-        Err(_) => {
-            info!(%peer, "client did not take its missed events within a ping interval; closing");
-            close(sink, CloseCode::Again, "too slow catching up, reconnect").await;
-            Err(CloseReason::SlowClient)
-        }
-    }
-}
-
-/// Sends a close frame, bounded in time: a client that does not read must not hold us.
-async fn close<S>(sink: &mut S, code: CloseCode, reason: &'static str)
-where
-    S: futures_util::Sink<Message> + Unpin,
-{
-    let frame = Message::Close(Some(CloseFrame {
-        code,
-        reason: reason.into(),
-    }));
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        let _ = sink.send(frame).await;
-        let _ = sink.close().await;
-    })
-    .await;
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The size of the future an async fn returns, without calling it.
-    fn future_size<A, F, Fut>(_: F) -> usize
-    where
-        F: FnOnce(A) -> Fut,
-    {
-        std::mem::size_of::<Fut>()
-    }
-
-    /// An idle client costs its task (this future, in a 128-byte aligned cell) plus a few small
-    /// allocations; the rare paths are boxed so that they do not size it. Inline, a history
-    /// read took it to 7.8 KB, and the close, ping and catch-up paths to 1.9 KB. The bound has
-    /// room for compiler changes, not for another inline catch-up.
-    #[test]
-    fn an_idle_session_task_stays_small() {
-        let task = future_size(serve_client);
-        let ws = std::mem::size_of::<Ws>();
-        eprintln!(
-            "serve_client future: {task} bytes (Session {}, of which the socket {ws})",
-            std::mem::size_of::<Session>()
-        );
-        assert!(
-            task <= ws + 700,
-            "an idle session's task grew to {task} bytes (the socket is {ws}): box the new \
-             rarely used state (see serve_client)"
-        );
-    }
-}
+mod tests;
