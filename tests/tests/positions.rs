@@ -283,7 +283,9 @@ async fn concurrent_handshakes_share_positions_reads_and_each_gets_its_own_group
     // Redis answers nothing for a while: the first positions call waits there, the handshakes
     // arriving meanwhile go in the next one.
     let _: () = redis::cmd("CLIENT")
-        .arg(["PAUSE", "700", "ALL"])
+        .arg("PAUSE")
+        .arg(700)
+        .arg("ALL")
         .query_async(&mut conn)
         .await
         .expect("CLIENT PAUSE");

@@ -27,14 +27,18 @@ async fn clients_resuming_one_group_at_once_share_reads_and_each_get_every_event
 
     // Redis answers nothing for a while: the first read waits there, the rest queue behind it.
     let _: () = redis::cmd("CLIENT")
-        .arg(["PAUSE", "700", "ALL"])
+        .arg("PAUSE")
+        .arg(700)
+        .arg("ALL")
         .query_async(&mut conn)
         .await
         .expect("CLIENT PAUSE");
-    // Publishing goes on (its calls wait out the pause, then keep coming).
+    // Publishing goes on from the end of the pause (a call held longer than the connection's
+    // response timeout would fail), while the clients catch up.
     let total = 140u64;
     let mut publisher_conn = redis.conn().await.expect("publisher");
     let publisher = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(800)).await;
         for n in 40..total {
             publish(
                 &mut publisher_conn,
