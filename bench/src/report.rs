@@ -104,6 +104,10 @@ pub fn figures(scenario: &str) -> &'static [Figure] {
             f!("sidecar ready again (ms)", "/ready_ms"),
             f!("all reconnected with last_id (ms)", "/all_reconnected_ms"),
             f!("all caught up (ms)", "/all_caught_up_ms"),
+            f!(
+                "all caught up after ready (ms)",
+                "/all_caught_up_after_ready_ms"
+            ),
             f!("events recovered from history", "/history_recovered_events"),
             f!(
                 "redis-server CPU while catching up (ms)",

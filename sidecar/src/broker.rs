@@ -15,6 +15,8 @@
 //!   runs on, over the [`link::Link`] trait; [`error`]: what failed on a link.
 //! - [`history`], [`id`]: event history per group and its ids (resume, reset).
 //! - [`positions`]: where each group stands at connect (the newest stored id, one round trip).
+//! - [`reads`], [`coalesce`]: history and positions reads shared by concurrent clients (the
+//!   resume storm: one read per group, one positions batch for many connections).
 //! - [`options`]: the TLS / Sentinel / Cluster flags, the wire protocol, their validation.
 //! - [`tls`]: CA bundle, client certificate, insecure mode (rustls through redis-rs).
 //! - [`endpoint`]: one server, the Sentinel master, or a Cluster, as the source connects to it.
@@ -26,6 +28,7 @@
 //! - [`timeouts`], [`redact`]: the shared timeouts and the URL redaction for logs.
 
 pub mod cluster;
+pub mod coalesce;
 pub mod commands;
 pub mod endpoint;
 pub mod error;
@@ -35,6 +38,7 @@ pub mod inbox;
 pub mod link;
 pub mod options;
 pub mod positions;
+pub mod reads;
 pub mod redact;
 pub mod redis;
 pub mod sentinel;
@@ -51,11 +55,12 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::warn;
 
-use self::history::{HistoryConfig, MemoryHistory, Recovery, ResetReason};
+use self::history::{HistoryConfig, MemoryHistory, Recovery, ResetReason, Snapshot};
 use self::id::StreamId;
+use self::reads::SharedReads;
 use self::redis::RedisBroker;
 use crate::hub::Hub;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReadKind};
 
 /// History reads in flight at once per sidecar: a reconnect storm queues here instead of
 /// flooding Redis, and other clients' live events never wait for it.
@@ -65,7 +70,9 @@ const MAX_CONCURRENT_READS: usize = 16;
 pub struct Broker {
     source: Source,
     history: Option<HistoryConfig>,
-    reads: Semaphore,
+    reads: Arc<Semaphore>,
+    /// Redis with history on: reads shared between concurrent clients.
+    shared: Option<SharedReads>,
     metrics: Metrics,
 }
 
@@ -116,14 +123,18 @@ impl Broker {
         history: Option<HistoryConfig>,
         metrics: Metrics,
     ) -> Self {
-        Self::with(Source::Redis(redis), history, metrics)
+        let mut broker = Self::with(Source::Redis(redis.clone()), history, metrics);
+        broker.shared = history
+            .map(|h| SharedReads::new(redis, h, broker.reads.clone(), broker.metrics.clone()));
+        broker
     }
 
     fn with(source: Source, history: Option<HistoryConfig>, metrics: Metrics) -> Self {
         Self {
             source,
             history,
-            reads: Semaphore::new(MAX_CONCURRENT_READS),
+            reads: Arc::new(Semaphore::new(MAX_CONCURRENT_READS)),
+            shared: None,
             metrics,
         }
     }
@@ -181,27 +192,24 @@ impl Broker {
     }
 
     /// What a client resuming `group` after `last` gets: the events it missed, or a reset.
-    /// Bounded: at most `--history-size` events, and [`MAX_CONCURRENT_READS`] reads at once.
+    /// Bounded: at most `--history-size` events, and [`MAX_CONCURRENT_READS`] reads at once;
+    /// on Redis, clients resuming the same group at once share one read.
     pub async fn recover(&self, group: &str, last: StreamId) -> Recovery {
         let Some(h) = self.history else {
             return self.reset(ResetReason::HistoryOff);
         };
-        let count = history::read_count(last, h.size);
-        let Ok(_permit) = self.reads.acquire().await else {
-            return self.reset(ResetReason::Unavailable);
+        let snapshot = match &self.shared {
+            Some(shared) => match shared.history(group, last).await {
+                Ok(Ok(read)) => match history::view(&read.snapshot, read.from, read.count, last) {
+                    Some(view) => Ok(view),
+                    // Cut short before this client's events: a read of its own.
+                    None => self.read_alone(group, last, h).await,
+                },
+                Ok(Err(e)) => Err(e),
+                Err(_) => self.read_alone(group, last, h).await,
+            },
+            None => self.read_alone(group, last, h).await,
         };
-        let started = Instant::now();
-        let snapshot = match &self.source {
-            Source::Memory {
-                history: Some(ring),
-                ..
-            } => Ok(ring.snapshot(group, last, count)),
-            Source::Memory { history: None, .. } => return self.reset(ResetReason::HistoryOff),
-            Source::Redis(redis) => retried(|| redis.read_history(group, last, count)).await,
-        };
-        self.metrics
-            .history_read_seconds
-            .observe(started.elapsed().as_secs_f64());
         let recovery = match snapshot {
             Ok(snap) => history::decide(last, snap, h.size),
             Err(e) => {
@@ -218,6 +226,33 @@ impl Broker {
         recovery
     }
 
+    /// One client's own read of `group` after `last`.
+    async fn read_alone(
+        &self,
+        group: &str,
+        last: StreamId,
+        h: HistoryConfig,
+    ) -> Result<Snapshot, String> {
+        let count = history::read_count(last, h.size);
+        let Ok(_permit) = self.reads.acquire().await else {
+            return Err("history reads are closed (shutting down)".into());
+        };
+        let started = Instant::now();
+        let snapshot = match &self.source {
+            Source::Memory {
+                history: Some(ring),
+                ..
+            } => Ok(ring.snapshot(group, last, count)),
+            Source::Memory { history: None, .. } => Err("this sidecar keeps no history".into()),
+            Source::Redis(redis) => retried(|| redis.read_history(group, last, count))
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        self.metrics
+            .history_read(ReadKind::Resume, 1, 1, started.elapsed());
+        snapshot
+    }
+
     fn reset(&self, reason: ResetReason) -> Recovery {
         self.metrics.history_reset(reason);
         Recovery::Reset(reason)
@@ -227,10 +262,16 @@ impl Broker {
 impl Broker {
     /// The id of the newest stored event of each of `groups` (in order), [`StreamId::ZERO`] for
     /// a group with none. One round trip to Redis (per Cluster node), queued behind the same
-    /// bound as history reads; briefly retried while the command connection is re-made.
+    /// bound as history reads; briefly retried while the command connection is re-made. On one
+    /// server or Sentinel, the positions of concurrent handshakes go in one batch ([`reads`]).
     pub async fn positions(&self, groups: &[&str]) -> Result<Vec<StreamId>, String> {
         if groups.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(batched) = self.shared.as_ref().and_then(|s| s.positions(groups)) {
+            return batched
+                .await
+                .unwrap_or_else(|_| Err("the positions batch failed".into()));
         }
         let Ok(_permit) = self.reads.acquire().await else {
             return Err("history reads are closed (shutting down)".into());
@@ -251,8 +292,7 @@ impl Broker {
             Source::Redis(redis) => retried(|| positions::read(redis, groups)).await,
         };
         self.metrics
-            .history_read_seconds
-            .observe(started.elapsed().as_secs_f64());
+            .history_read(ReadKind::Positions, 1, 1, started.elapsed());
         read
     }
 }

@@ -74,6 +74,20 @@ pub struct CloseLabel {
     pub reason: CloseReason,
 }
 
+/// What a history read was for.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum ReadKind {
+    /// Events a resuming client missed (`last_id`, or a lost subscription's catch-up).
+    Resume,
+    /// Positions at connect (groups without a `last_id`).
+    Positions,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadLabel {
+    pub read: ReadKind,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResetLabel {
     pub reason: ResetReason,
@@ -155,6 +169,8 @@ pub struct Metrics {
     pub history_recovered: Counter,
     pub history_resets: Family<ResetLabel, Counter>,
     pub history_read_seconds: ReadSeconds,
+    pub history_reads: Family<ReadLabel, Counter>,
+    pub history_read_requests: Family<ReadLabel, Counter>,
     pub delivery_seconds: DeliverySeconds,
     pub proxy_response_seconds: ProxySeconds,
 }
@@ -229,6 +245,16 @@ impl Metrics {
             self.history_read_seconds.0.clone(),
         );
         r.register(
+            "history_reads",
+            "History reads sent to Redis (script calls), by what they were for",
+            self.history_reads.clone(),
+        );
+        r.register(
+            "history_read_requests",
+            "Clients' requests those reads answered (more than the reads: reads were shared), by what they were for",
+            self.history_read_requests.clone(),
+        );
+        r.register(
             "delivery_seconds",
             "Time from an event's publish (its history id, Redis's clock) to its queueing to the local clients; events published with history only",
             self.delivery_seconds.0.clone(),
@@ -238,6 +264,24 @@ impl Metrics {
             "Time until the app's response headers, per request the app answered",
             self.proxy_response_seconds.0.clone(),
         );
+    }
+
+    /// One history read (or one batch of `reads` calls) that answered `requests` clients.
+    pub fn history_read(
+        &self,
+        read: ReadKind,
+        reads: usize,
+        requests: usize,
+        took: std::time::Duration,
+    ) {
+        let label = ReadLabel { read };
+        self.history_reads
+            .get_or_create(&label)
+            .inc_by(reads as u64);
+        self.history_read_requests
+            .get_or_create(&label)
+            .inc_by(requests as u64);
+        self.history_read_seconds.observe(took.as_secs_f64());
     }
 
     pub fn history_reset(&self, reason: ResetReason) {

@@ -18,6 +18,8 @@ const V1: (&str, &str) = ("Sec-WebSocket-Protocol", "taskstream.v1");
 
 #[path = "history/resets.rs"]
 mod resets;
+#[path = "history/shared.rs"]
+mod shared;
 
 /// Publishes with history as an app would: one EVAL of the documented script.
 async fn publish(

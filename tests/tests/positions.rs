@@ -255,3 +255,80 @@ async fn cluster_positions_of_groups_on_two_nodes_and_a_new_groups_first_event_a
     expect_event(&mut ws, &new_group, &marker).await;
     sc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_handshakes_share_positions_reads_and_each_gets_its_own_groups() {
+    const CLIENTS: usize = 20;
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let sc = Sidecar::start(&[
+        "--auth",
+        "none",
+        "--redis-url",
+        &url,
+        "--history-size",
+        "100",
+    ])
+    .await;
+    sc.wait_broker(200).await;
+    let mut conn = redis.conn().await.expect("publisher");
+    let shared = publish(&mut conn, "shared", r#"{"n":0}"#).await;
+    let own3 = publish(&mut conn, "own-3", r#"{"n":1}"#).await;
+    // Keeps every group subscribed, so the handshakes below wait on nothing but positions.
+    let all: Vec<String> = (0..CLIENTS).map(|k| format!("own-{k}")).collect();
+    let holder =
+        taskstream_tests::ws::connect(&sc.ws_url(&format!("groups=shared,{}", all.join(","))))
+            .await;
+
+    // Redis answers nothing for a while: the first positions call waits there, the handshakes
+    // arriving meanwhile go in the next one.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(700)
+        .arg("ALL")
+        .query_async(&mut conn)
+        .await
+        .expect("CLIENT PAUSE");
+    let clients = futures_util::future::join_all((0..CLIENTS).map(|k| {
+        let url = sc.ws_url(&format!("groups=shared,own-{k}"));
+        async move {
+            connect_with(&url, &[V1])
+                .await
+                .unwrap_or_else(|s| panic!("v1 handshake to {url} refused with {s}"))
+        }
+    }))
+    .await;
+    let mut clients: Vec<Client> = clients;
+    for (k, ws) in clients.iter_mut().enumerate() {
+        let own = if k == 3 { own3.as_str() } else { "0" };
+        let got = positions(ws, 2).await;
+        assert_eq!(
+            got,
+            ids(&[("shared", &shared), (&format!("own-{k}"), own)]),
+            "client {k}: its own groups' positions, from the shared batch"
+        );
+    }
+    // Then live events, each exactly once (nothing else queued before them).
+    let live = publish(&mut conn, "shared", r#"{"n":2}"#).await;
+    let marker = publish(&mut conn, "own-3", r#"{"marker":true}"#).await;
+    for (k, ws) in clients.iter_mut().enumerate() {
+        expect_event(ws, "shared", &live).await;
+        if k == 3 {
+            expect_event(ws, "own-3", &marker).await;
+        }
+    }
+
+    let reads = sc
+        .metric("taskstream_history_reads_total{read=\"Positions\"}")
+        .await;
+    let requests = sc
+        .metric("taskstream_history_read_requests_total{read=\"Positions\"}")
+        .await;
+    assert_eq!(requests, CLIENTS as f64, "one request per handshake");
+    assert!(
+        reads < requests / 2.0,
+        "{reads} positions calls for {requests} handshakes: concurrent handshakes are batched"
+    );
+    drop(holder);
+    sc.stop().await;
+}

@@ -7,8 +7,9 @@
 //! ```text
 //! publisher (EVAL publish.lua, never pausing):  step 1 (before) | step 2 (outage) | step 3 (after, >= --min-secs)
 //! sidecar:                                       up             | killed          | started -> N resumes
-//! reported: all caught up (steps 1+2 complete) after the restart, redis-server CPU while catching
-//!           up, sidecar RSS peak, exact loss/duplicates per step, resets, recovered events
+//! reported: all caught up (steps 1+2 complete) after the restart and after ready, redis-server
+//!           CPU while catching up, sidecar RSS peak, exact loss/duplicates per step, resets,
+//!           recovered events, history reads against the requests they answered (sharing)
 //! ```
 
 use std::sync::atomic::Ordering;
@@ -104,6 +105,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Value> {
     let started = Instant::now();
     server.start_again().await?;
     let ready_ms = started.elapsed().as_secs_f64() * 1e3;
+    // The new process's CPU so far is its start-up; what follows is the storm.
+    let sidecar_cpu_0 = server.usage().cpu;
 
     // Caught up: every client has every event of steps 1 and 2.
     let expect = |p: &Published| p.expected(|k| members(open, groups, k));
@@ -125,6 +128,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Value> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let redis_cpu_catch_up = redis.usage().cpu.saturating_sub(redis_cpu_0);
+    let sidecar_cpu_catch_up = server.usage().cpu.saturating_sub(sidecar_cpu_0);
     let rss_caught_up = server.usage().rss;
     let tail_0 = (Instant::now(), redis.usage().cpu);
     let after = after.await??;
@@ -164,6 +168,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Value> {
         .filter_map(|k| steps[k]["duplicates"].as_u64())
         .sum();
     let counters = sidecar_metrics::read(server.admin).await;
+    let reads = shared_reads(server.admin).await;
     let resets = stats.resets.load(Ordering::Relaxed);
     fleet.stop().await;
     Ok(json!({
@@ -176,8 +181,12 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Value> {
         "ready_ms": r3(ready_ms),
         "all_reconnected_ms": all_back_ms.map(r3),
         "all_caught_up_ms": caught_up_ms.map(r3),
+        // The same two, from the moment the sidecar answered ready (process start excluded).
+        "all_reconnected_after_ready_ms": all_back_ms.map(|ms| r3(ms - ready_ms)),
+        "all_caught_up_after_ready_ms": caught_up_ms.map(|ms| r3(ms - ready_ms)),
         "deliveries_before_restart": missed,
         "redis_cpu_ms_catching_up": r3(redis_cpu_catch_up.as_secs_f64() * 1e3),
+        "sidecar_cpu_ms_catching_up": r3(sidecar_cpu_catch_up.as_secs_f64() * 1e3),
         "redis_cpu_pct_after": r3(redis_tail_pct),
         "sidecar_rss_before_bytes": rss_before,
         "sidecar_rss_peak_bytes": rss_peak,
@@ -188,6 +197,35 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Value> {
         "sidecar_after_restart": counters,
         "redis_reconnects": counters.map(|c| c.redis_reconnects),
         "history_recovered_events": counters.map(|c| c.history_recovered),
+        "history_reads": reads,
         "steps": steps,
     }))
+}
+
+/// `taskstream_history_reads_total` and `taskstream_history_read_requests_total` per `read`
+/// (`Resume`, `Positions`): Redis calls against the clients' requests they answered. `None`
+/// from a sidecar without them.
+async fn shared_reads(admin: std::net::SocketAddr) -> Option<Value> {
+    let (status, body) = crate::http::get(admin, "/metrics").await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&body);
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+    };
+    let mut out = serde_json::Map::new();
+    for read in ["Resume", "Positions"] {
+        let label = format!("{{read=\"{read}\"}} ");
+        out.insert(
+            read.to_lowercase(),
+            json!({
+                "reads": value(&format!("taskstream_history_reads_total{label}"))?,
+                "requests": value(&format!("taskstream_history_read_requests_total{label}"))?,
+            }),
+        );
+    }
+    Some(Value::Object(out))
 }

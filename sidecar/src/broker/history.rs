@@ -24,7 +24,7 @@ pub mod model;
 pub mod reply;
 
 pub use memory::MemoryHistory;
-pub use model::{HistoryConfig, Recovery, ResetReason, Snapshot, decide, read_count};
+pub use model::{HistoryConfig, Recovery, ResetReason, Snapshot, decide, read_count, view};
 pub use reply::{PUBLISH_SCRIPT, READ_SCRIPT, parse_read_reply};
 
 #[cfg(test)]

@@ -91,6 +91,11 @@ impl RedisBroker {
         self.publisher.get(&self.endpoint).await
     }
 
+    /// Whether this is a Redis Cluster (a script's keys must then share a slot).
+    pub fn is_cluster(&self) -> bool {
+        self.endpoint.cluster().is_some()
+    }
+
     /// `PUBLISH <prefix><group> <payload>` (`SPUBLISH` on a Cluster: it stays in the shard
     /// owning the channel); returns how many subscribers Redis reached.
     pub async fn publish(&self, group: &str, payload: &[u8]) -> redis::RedisResult<usize> {

@@ -108,3 +108,26 @@ pub fn decide(last: StreamId, snap: Snapshot, size: usize) -> Recovery {
     }
     Recovery::Events(snap.entries)
 }
+
+/// One client's part of a snapshot read for several clients of a group: read after `from` (the
+/// smallest of their ids, never [`StreamId::ZERO`] unless all were) with at most `count`
+/// entries, seen by a client resuming after `last >= from`. `None` when the read was cut short
+/// (`count` entries) and dropped entries at or before `last`: the client's own read would reach
+/// further, so it reads on its own. Otherwise exactly what its own read would have returned
+/// then (the same atomic look; the entries after `last`).
+pub fn view(snap: &Snapshot, from: StreamId, count: usize, last: StreamId) -> Option<Snapshot> {
+    let skip = if last == from {
+        0
+    } else {
+        snap.entries.partition_point(|(id, _)| *id <= last)
+    };
+    if skip > 0 && snap.entries.len() >= count {
+        return None;
+    }
+    Some(Snapshot {
+        exists: snap.exists,
+        max_deleted: snap.max_deleted,
+        last_generated: snap.last_generated,
+        entries: snap.entries[skip..].to_vec(),
+    })
+}

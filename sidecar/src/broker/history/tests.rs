@@ -116,3 +116,40 @@ async fn memory_ring_trims_expires_and_hands_events_to_the_hub() {
     assert_eq!(from(fresh), Recovery::Reset(ResetReason::Trimmed));
     assert_eq!(ids(&from(later)), Vec::<String>::new());
 }
+
+#[test]
+fn a_shared_read_gives_each_client_what_its_own_read_would_or_nothing_when_cut_short() {
+    let shared = snap(true, "1-0", "5-0", &["3-0", "4-0", "5-0"]);
+    let view_ids = |from: &str, count, last: &str| {
+        view(&shared, id(from), count, id(last)).map(|s| {
+            assert!(s.exists);
+            assert_eq!((s.max_deleted, s.last_generated), (id("1-0"), id("5-0")));
+            s.entries
+                .iter()
+                .map(|(i, _)| i.to_string())
+                .collect::<Vec<_>>()
+        })
+    };
+    // Read to the end (fewer than `count`): every client filters its own tail.
+    assert_eq!(view_ids("2-0", 6, "2-0").unwrap(), ["3-0", "4-0", "5-0"]);
+    assert_eq!(view_ids("2-0", 6, "3-0").unwrap(), ["4-0", "5-0"]);
+    assert_eq!(view_ids("2-0", 6, "5-0").unwrap(), Vec::<String>::new());
+    // Cut short at `count`: the reader itself sees it (and decides `too_far`); a client past
+    // an entry of it would see a shorter window than its own read: it reads alone.
+    assert_eq!(view_ids("2-0", 3, "2-0").unwrap(), ["3-0", "4-0", "5-0"]);
+    assert_eq!(view_ids("2-0", 3, "3-0"), None);
+    // ... unless no entry was at or before its id (the same window).
+    assert_eq!(view_ids("2-0", 3, "2-5").unwrap(), ["3-0", "4-0", "5-0"]);
+    // The decision on a view is the decision on the client's own snapshot.
+    let own = |last: &str| decide(id(last), view(&shared, id("2-0"), 6, id(last)).unwrap(), 5);
+    assert_eq!(ids(&own("3-0")), ["4-0", "5-0"]);
+    let r = decide(
+        id("0-5"),
+        view(&shared, id("0-5"), 6, id("0-5")).unwrap(),
+        5,
+    );
+    assert_eq!(ids(&r), ["reset:trimmed"]);
+    let gone = snap(false, "0-0", "0-0", &[]);
+    let r = decide(id("2-0"), view(&gone, id("1-0"), 6, id("2-0")).unwrap(), 5);
+    assert_eq!(ids(&r), ["reset:expired"]);
+}
