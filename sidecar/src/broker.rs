@@ -59,6 +59,7 @@ use self::history::{HistoryConfig, MemoryHistory, Recovery, ResetReason, Snapsho
 use self::id::StreamId;
 use self::reads::SharedReads;
 use self::redis::RedisBroker;
+use self::timeouts::retried;
 use crate::hub::Hub;
 use crate::metrics::{Metrics, ReadKind};
 
@@ -295,22 +296,4 @@ impl Broker {
             .history_read(ReadKind::Positions, 1, 1, started.elapsed());
         read
     }
-}
-
-/// Runs an idempotent Redis read, retried briefly (50, 200, 500 ms) while the command
-/// connection is being re-made (e.g. just after a Redis restart), before giving up.
-async fn retried<T, E, F, Fut>(mut read: F) -> Result<T, E>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let mut attempt = read().await;
-    for pause_ms in [50, 200, 500] {
-        if attempt.is_ok() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
-        attempt = read().await;
-    }
-    attempt
 }

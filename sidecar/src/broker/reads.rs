@@ -30,7 +30,7 @@ use super::history::{self, HistoryConfig, Snapshot};
 use super::id::StreamId;
 use super::positions;
 use super::redis::RedisBroker;
-use super::retried;
+use super::timeouts::retried;
 use crate::metrics::{Metrics, ReadKind};
 
 /// Groups per positions script call: a storm's batch runs as several calls side by side, so
