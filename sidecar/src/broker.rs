@@ -57,7 +57,7 @@ use tracing::warn;
 
 use self::history::{HistoryConfig, MemoryHistory, Recovery, ResetReason, Snapshot};
 use self::id::StreamId;
-use self::reads::SharedReads;
+use self::reads::{READS_CLOSED, SharedReads};
 use self::redis::RedisBroker;
 use self::timeouts::retried;
 use crate::hub::Hub;
@@ -236,7 +236,7 @@ impl Broker {
     ) -> Result<Snapshot, String> {
         let count = history::read_count(last, h.size);
         let Ok(_permit) = self.reads.acquire().await else {
-            return Err("history reads are closed (shutting down)".into());
+            return Err(READS_CLOSED.into());
         };
         let started = Instant::now();
         let snapshot = match &self.source {
@@ -275,7 +275,7 @@ impl Broker {
                 .unwrap_or_else(|_| Err("the positions batch failed".into()));
         }
         let Ok(_permit) = self.reads.acquire().await else {
-            return Err("history reads are closed (shutting down)".into());
+            return Err(READS_CLOSED.into());
         };
         let started = std::time::Instant::now();
         let read = match &self.source {

@@ -16,13 +16,13 @@
 //! server; each kind of event has its own method, and the connection gauge goes down when the
 //! session is dropped, whichever way it ended.
 
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
+use futures_util::future::poll_immediate;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
@@ -429,14 +429,7 @@ impl Session {
             // Most writes finish at once (the socket has room). One that does not waits boxed,
             // beside the lag and shutdown signals: inline, they would size every idle task.
             let mut write = pin!(write);
-            let first_try = poll_fn(|cx| {
-                Poll::Ready(match write.as_mut().poll(cx) {
-                    Poll::Ready(r) => Some(r),
-                    Poll::Pending => None,
-                })
-            })
-            .await;
-            match first_try {
+            match poll_immediate(write.as_mut()).await {
                 Some(r) => Ok(r),
                 // A client that stops reading stalls the write; the hub then marks it lagging.
                 None => {

@@ -37,6 +37,9 @@ use crate::metrics::{Metrics, ReadKind};
 /// no single call keeps Redis busy for long.
 const POSITIONS_PER_CALL: usize = 512;
 
+/// What a read answers once the read limit is closed (the sidecar is shutting down).
+pub const READS_CLOSED: &str = "history reads are closed (shutting down)";
+
 /// One history read shared by the clients of a group that were waiting when it started.
 pub struct Read {
     pub snapshot: Snapshot,
@@ -122,7 +125,7 @@ async fn read_history(
             })
             .map_err(|e| e.to_string())
         }
-        Err(_) => Err("history reads are closed (shutting down)".into()),
+        Err(_) => Err(READS_CLOSED.into()),
     };
     for (_, reply) in batch {
         let _ = reply.send(answer.clone()); // a client that went away needs no answer
@@ -153,7 +156,7 @@ async fn read_positions(
             let _permit = permits
                 .acquire()
                 .await
-                .map_err(|_| "history reads are closed (shutting down)".to_string())?;
+                .map_err(|_| READS_CLOSED.to_string())?;
             retried(|| positions::read(redis, chunk)).await
         }
     });
