@@ -1,15 +1,17 @@
 //! The hub: which local clients are in which group, and fan-out of events to them.
 //!
 //! ```text
-//!  broker source --publish(group, payload)--> [hub] --try_send--> bounded queue --> session
-//!        ^                                      |
-//!        +------ wanted groups / changed -------+
+//!  broker link --publish(group, payload)--> [hub] --try_send--> bounded queue --> session
+//!        ^                                    |
+//!        +------ changed groups (per link) ---+--set_confirmed--> subscribers' queues woken
 //! ```
 //!
 //! Fan-out never waits: each client has a bounded queue, and a client whose queue is full is
 //! marked lagging (its session closes it with 1013) instead of growing memory or slowing others.
-//! The broker source is level-triggered: it is woken by [`Hub::changed`] and reconciles its
-//! subscriptions with [`Hub::wanted`], so a reconnect resubscribes with the same code path.
+//! Each broker link listens ([`Hub::listen`]) for the groups that gained their first or lost
+//! their last client ([`changes`]) and (un)subscribes only those; on a (re)connect it subscribes
+//! all of [`Hub::wanted`]. A session waits for its groups' confirmation on its own queue's
+//! notifier, woken only when one of its groups is confirmed.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,6 +21,8 @@ use std::time::Duration;
 use std::sync::OnceLock;
 
 use tokio::sync::{Notify, watch};
+
+pub use self::changes::Changes;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 pub use self::beat::Beat;
@@ -67,8 +71,8 @@ impl Event {
 /// Group -> local subscribers.
 pub struct Hub {
     groups: RwLock<HashMap<String, Group>>,
-    changed: Notify,
-    confirmed: watch::Sender<u64>,
+    /// The broker links, told which groups were created or removed.
+    listeners: changes::Listeners,
     /// The sessions' beat ([`beat`]): pings, shutdown, and the broker's subscription link
     /// (down while a lost subscription is being re-made, and a new generation once it is;
     /// `taskstream.v1` sessions then catch up on what pub/sub dropped meanwhile, from history,
@@ -200,8 +204,7 @@ impl Hub {
         Arc::new(Self {
             max_event,
             groups: RwLock::new(HashMap::new()),
-            changed: Notify::new(),
-            confirmed: watch::channel(0).0,
+            listeners: changes::Listeners::default(),
             beat: beat::Shards::new(),
             next_id: AtomicU64::new(1),
             queue,
@@ -214,28 +217,31 @@ impl Hub {
     pub fn join(self: &Arc<Self>, groups: Vec<String>) -> Membership {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::new(Queue::new(self.queue));
-        let mut added = false;
+        let mut added: Vec<&str> = Vec::new();
         {
             let mut map = self.groups.write().unwrap_or_else(|e| e.into_inner());
             for g in &groups {
-                let entry = map.entry(g.clone()).or_insert_with(|| {
-                    added = true;
-                    Group {
-                        // Room for one: most groups (every `user:{sub}`) have one member.
-                        subscribers: Vec::with_capacity(1),
-                        confirmed: self.auto_confirm,
-                    }
-                });
-                entry.subscribers.push(Subscriber {
+                let subscriber = Subscriber {
                     id,
                     queue: queue.clone(),
-                });
+                };
+                if let Some(entry) = map.get_mut(g.as_str()) {
+                    entry.subscribers.push(subscriber);
+                    continue;
+                }
+                added.push(g);
+                map.insert(
+                    g.clone(),
+                    Group {
+                        // Room for one: most groups (every `user:{sub}`) have one member.
+                        subscribers: vec![subscriber],
+                        confirmed: self.auto_confirm,
+                    },
+                );
             }
             self.metrics.groups_subscribed.set(map.len() as i64);
         }
-        if added {
-            self.changed.notify_one();
-        }
+        self.listeners.tell(&added);
         Membership {
             hub: self.clone(),
             id,
@@ -245,7 +251,7 @@ impl Hub {
     }
 
     fn leave(&self, id: u64, groups: &[String]) {
-        let mut removed = false;
+        let mut removed: Vec<&str> = Vec::new();
         {
             let mut map = self.groups.write().unwrap_or_else(|e| e.into_inner());
             for g in groups {
@@ -253,15 +259,13 @@ impl Hub {
                     entry.subscribers.retain(|s| s.id != id);
                     if entry.subscribers.is_empty() {
                         map.remove(g);
-                        removed = true;
+                        removed.push(g);
                     }
                 }
             }
             self.metrics.groups_subscribed.set(map.len() as i64);
         }
-        if removed {
-            self.changed.notify_one();
-        }
+        self.listeners.tell(&removed);
     }
 
     /// Queues `payload` (live only, no id) to every local client of `group`; returns how many
@@ -306,30 +310,46 @@ impl Hub {
         delivered
     }
 
-    /// Groups that have at least one local client, sorted.
-    pub fn wanted(&self) -> Vec<String> {
+    /// The groups of `keep` that have at least one local client (a link's full set, on
+    /// connect; in no particular order).
+    pub fn wanted(&self, keep: impl Fn(&str) -> bool) -> Vec<String> {
         let map = self.groups.read().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<String> = map.keys().cloned().collect();
-        v.sort_unstable();
-        v
+        map.keys().filter(|g| keep(g)).cloned().collect()
     }
 
-    /// Woken whenever a group gains its first or loses its last local client.
-    pub fn changed(&self) -> &Notify {
-        &self.changed
+    /// From now on, the groups created or removed are told to the returned [`Changes`] (one per
+    /// broker link; it stops collecting once dropped).
+    pub fn listen(&self) -> Arc<Changes> {
+        self.listeners.listen()
     }
 
-    /// Marks the broker subscription of `groups` as live (or not, after a disconnect).
+    /// Splits `groups` into those with local clients now and those without.
+    pub fn partition(
+        &self,
+        groups: impl IntoIterator<Item = String>,
+    ) -> (Vec<String>, Vec<String>) {
+        let map = self.groups.read().unwrap_or_else(|e| e.into_inner());
+        groups.into_iter().partition(|g| map.contains_key(g))
+    }
+
+    /// Marks the broker subscription of `groups` as live (or not, after a disconnect). Going
+    /// live wakes the clients of the groups that were not, so a handshake waiting in
+    /// [`Membership::wait_confirmed`] looks again; nobody else is woken.
     pub fn set_confirmed<'a>(&self, groups: impl IntoIterator<Item = &'a str>, live: bool) {
-        {
-            let mut map = self.groups.write().unwrap_or_else(|e| e.into_inner());
-            for g in groups {
-                if let Some(entry) = map.get_mut(g) {
-                    entry.confirmed = live;
+        let mut map = self.groups.write().unwrap_or_else(|e| e.into_inner());
+        for g in groups {
+            let Some(entry) = map.get_mut(g) else {
+                continue;
+            };
+            if live && !entry.confirmed {
+                for s in &entry.subscribers {
+                    // The sessions' queue readers look at the queue before they wait, so this
+                    // extra wake-up costs them nothing.
+                    s.queue.ready.notify_one();
                 }
             }
+            entry.confirmed = live;
         }
-        self.confirmed.send_modify(|n| *n += 1);
     }
 
     /// The broker lost its subscription connection: pub/sub drops what is published until
@@ -372,12 +392,13 @@ impl Membership {
     /// published after the handshake is delivered. Gives up after `timeout` (e.g. Redis down):
     /// the client is still admitted, and the source subscribes when it can.
     pub async fn wait_confirmed(&self, timeout: Duration) -> bool {
-        let mut rx = self.hub.confirmed.subscribe();
-        let hub = self.hub.clone();
-        let groups = &self.groups;
-        tokio::time::timeout(timeout, rx.wait_for(|_| hub.all_confirmed(groups)))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        let confirmed = async {
+            // A confirmation between the check and the wait leaves a permit: not missed.
+            while !self.hub.all_confirmed(&self.groups) {
+                self.queue.ready.notified().await;
+            }
+        };
+        tokio::time::timeout(timeout, confirmed).await.is_ok()
     }
 
     pub fn groups(&self) -> &[String] {
@@ -392,5 +413,6 @@ impl Drop for Membership {
 }
 
 pub mod beat;
+mod changes;
 #[cfg(test)]
 mod tests;

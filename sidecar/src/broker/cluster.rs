@@ -29,11 +29,10 @@ use tracing::info;
 
 use super::error::{LinkError, within};
 use super::inbox::{self, Item};
-use super::link::{Context, Link, Wake};
+use super::link::{Context, Link};
 use super::timeouts::{COMMAND_TIMEOUT, PING_EVERY};
 use super::tls::Tls;
 use super::wire::{self, Wire};
-use crate::hub::Hub;
 
 /// How many (un)subscribe commands are in flight at once while reconciling.
 const IN_FLIGHT: usize = 64;
@@ -136,7 +135,6 @@ fn pusher(
 pub(crate) struct ClusterLink {
     cluster: Arc<Cluster>,
     wire: Arc<dyn Wire>,
-    wake: Wake,
     display: String,
     cx: Context,
 }
@@ -158,14 +156,12 @@ impl ClusterLink {
     pub(crate) fn new(
         cluster: Arc<Cluster>,
         wire: Arc<dyn Wire>,
-        wake: Wake,
         display: String,
         cx: Context,
     ) -> Self {
         Self {
             cluster,
             wire,
-            wake,
             display,
             cx,
         }
@@ -250,12 +246,8 @@ impl Link for ClusterLink {
         &self.display
     }
 
-    fn wake(&self) -> Wake {
-        self.wake.clone()
-    }
-
-    fn wanted(&self, hub: &Hub) -> BTreeSet<String> {
-        wire::wanted(&*self.wire, hub)
+    fn serves(&self, group: &str) -> bool {
+        self.wire.serves(group)
     }
 
     async fn connect(&mut self) -> Result<ClusterConn, LinkError> {

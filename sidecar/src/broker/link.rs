@@ -6,9 +6,9 @@
 //! ```text
 //!       +------------- backoff 100ms..5s with jitter (cut short by Link::retry_now) <-------------+
 //!       v                                                                                         |
-//! Link::connect --> join the wanted groups --> up: health + taskstream_broker_up + log,           |
+//! Link::connect --> join all wanted groups --> up: health + taskstream_broker_up + log,           |
 //!   (bounded)                                  after a loss: hub.resubscribed() (catch-up)        |
-//!                   loop { hub changed      -> join / leave the difference                        |
+//!                   loop { groups changed   -> join / leave those that changed                    |
 //!                          Link::next       -> Link::handle (messages to the hub)                 |
 //!                          keep-alive timer -> Link::keep_alive }                                 |
 //!                   --LinkError--> down: health + metric + log, hub.link_lost(), unconfirm -------+
@@ -16,13 +16,14 @@
 //! ```
 //!
 //! Up/down reporting ([`report`]) and the catch-up hand-off to sessions live here only, so every
-//! source goes up, down and back the same way.
+//! source goes up, down and back the same way. Between connects the driver looks only at the
+//! groups the hub says changed ([`Changes`]): a client joining costs the link O(its groups),
+//! however many groups the hub holds.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -31,7 +32,7 @@ use super::error::LinkError;
 use super::timeouts::COMMAND_TIMEOUT;
 use crate::backoff::Backoff;
 use crate::health::Health;
-use crate::hub::Hub;
+use crate::hub::{Changes, Hub};
 use crate::metrics::Metrics;
 
 /// One kind of broker link. The driver owns the loop and the set of joined groups; the link
@@ -64,11 +65,13 @@ pub(crate) trait Link: Send {
         COMMAND_TIMEOUT
     }
 
-    /// What wakes the driver to reconcile the joined groups.
-    fn wake(&self) -> Wake;
+    /// Whether this link joins the hub's groups at all (the Channels core inbox joins none).
+    const JOINS: bool = true;
 
-    /// The groups this link should have joined now.
-    fn wanted(&self, hub: &Hub) -> BTreeSet<String>;
+    /// Whether this link serves `group` (sharding: other links serve the others).
+    fn serves(&self, _group: &str) -> bool {
+        true
+    }
 
     /// Opens the connection(s).
     async fn connect(&mut self) -> Result<Self::Conn, LinkError>;
@@ -109,27 +112,6 @@ pub(crate) trait Link: Send {
     async fn close(&mut self, _conn: Self::Conn, _joined: &BTreeSet<String>) {}
 }
 
-/// What wakes a link to reconcile its groups.
-#[derive(Clone)]
-pub(crate) enum Wake {
-    /// [`Hub::changed`]: the link is the hub's only listener.
-    Hub,
-    /// A notifier of its own, when several links share one hub (Channels pub/sub shards).
-    Notify(Arc<Notify>),
-    /// Nothing: the link joins no groups (the Channels core inbox).
-    Never,
-}
-
-impl Wake {
-    async fn changed(&self, hub: &Hub) {
-        match self {
-            Wake::Hub => hub.changed().notified().await,
-            Wake::Notify(n) => n.notified().await,
-            Wake::Never => std::future::pending().await,
-        }
-    }
-}
-
 /// What a link reports to: the hub (confirmations, catch-up), the health flag and the metrics.
 #[derive(Clone)]
 pub(crate) struct Context {
@@ -149,6 +131,8 @@ pub fn report(health: &Health, metrics: &Metrics, up: bool) {
 pub(crate) async fn drive<L: Link>(mut link: L, cx: Context, shutdown: CancellationToken) {
     let mut backoff = Backoff::default();
     let mut connected_once = false;
+    // Listening from before the first connect: a group created during it is not missed.
+    let changes = L::JOINS.then(|| cx.hub.listen());
     loop {
         let within = link.connect_timeout();
         let attempt = tokio::select! {
@@ -177,6 +161,7 @@ pub(crate) async fn drive<L: Link>(mut link: L, cx: Context, shutdown: Cancellat
             &mut link,
             &mut conn,
             &mut joined,
+            changes.as_deref(),
             connected_once,
             &cx,
             &shutdown,
@@ -213,11 +198,14 @@ async fn serve<L: Link>(
     link: &mut L,
     conn: &mut L::Conn,
     joined: &mut BTreeSet<String>,
+    changes: Option<&Changes>,
     reconnected: bool,
     cx: &Context,
     shutdown: &CancellationToken,
 ) -> Result<(), LinkError> {
-    reconcile(link, conn, joined, &cx.hub).await?;
+    if let Some(changes) = changes {
+        join_all(link, conn, joined, changes, &cx.hub).await?;
+    }
     // Only now, with the subscriptions in place: whatever a session reads from history is
     // followed by live events without a gap.
     if L::REPORTS {
@@ -229,7 +217,6 @@ async fn serve<L: Link>(
     if reconnected && L::DROPS_WHILE_DOWN {
         cx.hub.resubscribed();
     }
-    let wake = link.wake();
     let mut keep_alive = L::KEEP_ALIVE.map(|every| {
         let mut t = tokio::time::interval(every);
         t.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -239,46 +226,83 @@ async fn serve<L: Link>(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            _ = wake.changed(&cx.hub) => reconcile(link, conn, joined, &cx.hub).await?,
+            _ = changed(changes) => {
+                if let Some(changes) = changes {
+                    reconcile(link, conn, joined, changes.take(), &cx.hub).await?;
+                }
+            }
             event = link.next(conn) => link.handle(conn, joined, event).await?,
             _ = tick(&mut keep_alive) => link.keep_alive(conn, joined).await?,
         }
     }
 }
 
-/// Brings the joined groups in line with the wanted ones.
+/// On a fresh connection: joins every group this link serves that has local clients.
+async fn join_all<L: Link>(
+    link: &mut L,
+    conn: &mut L::Conn,
+    joined: &mut BTreeSet<String>,
+    changes: &Changes,
+    hub: &Hub,
+) -> Result<(), LinkError> {
+    // Taken first: whatever changes after the snapshot below is reconciled next.
+    changes.take();
+    let wanted = hub.wanted(|g| link.serves(g));
+    if !wanted.is_empty() {
+        link.join(conn, &wanted).await?;
+        joined.extend(wanted);
+    }
+    hub.set_confirmed(joined.iter().map(String::as_str), true);
+    Ok(())
+}
+
+/// Brings the joined groups in line with the hub, for the groups that `changed` only.
 async fn reconcile<L: Link>(
     link: &mut L,
     conn: &mut L::Conn,
     joined: &mut BTreeSet<String>,
+    changed: HashSet<String>,
     hub: &Hub,
 ) -> Result<(), LinkError> {
-    // Loop: the wanted set may change again while we talk to Redis.
-    for _ in 0..16 {
-        let wanted = link.wanted(hub);
-        let add: Vec<String> = wanted.difference(joined).cloned().collect();
-        let remove: Vec<String> = joined.difference(&wanted).cloned().collect();
-        if !add.is_empty() {
-            link.join(conn, &add).await?;
-            debug!(groups = ?add, "{}: joined", L::KIND);
-            joined.extend(add);
-        }
-        if !remove.is_empty() {
-            // Forgotten first: a link that hears its own leave confirmed (the Cluster's
-            // SUNSUBSCRIBE) must not take it for a dropped subscription to renew.
-            for g in &remove {
-                joined.remove(g);
-            }
-            link.leave(conn, &remove).await?;
-            debug!(groups = ?remove, "{}: left", L::KIND);
-        }
-        // Groups re-created while still joined need their confirmation back too.
-        hub.set_confirmed(joined.iter().map(String::as_str), true);
-        if link.wanted(hub) == *joined {
-            break;
+    let (present, absent) = hub.partition(changed.into_iter().filter(|g| link.serves(g)));
+    let (mut add, mut again) = (Vec::new(), Vec::new());
+    for g in present {
+        // Joined already: the group was removed and made again since; it needs its
+        // confirmation back, not a second subscription.
+        if joined.contains(&g) {
+            again.push(g);
+        } else {
+            add.push(g);
         }
     }
+    let remove: Vec<String> = absent.into_iter().filter(|g| joined.contains(g)).collect();
+    if !add.is_empty() {
+        link.join(conn, &add).await?;
+        debug!(groups = add.len(), "{}: joined", L::KIND);
+        hub.set_confirmed(add.iter().map(String::as_str), true);
+        joined.extend(add);
+    }
+    if !again.is_empty() {
+        hub.set_confirmed(again.iter().map(String::as_str), true);
+    }
+    if !remove.is_empty() {
+        // Forgotten first: a link that hears its own leave confirmed (the Cluster's
+        // SUNSUBSCRIBE) must not take it for a dropped subscription to renew.
+        for g in &remove {
+            joined.remove(g);
+        }
+        link.leave(conn, &remove).await?;
+        debug!(groups = remove.len(), "{}: left", L::KIND);
+    }
     Ok(())
+}
+
+/// Resolves when the hub's groups changed; never for a link that joins none.
+async fn changed(changes: Option<&Changes>) {
+    match changes {
+        Some(c) => c.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The backoff delay, cut short when the link says to retry now.

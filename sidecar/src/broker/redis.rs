@@ -25,7 +25,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -35,7 +34,7 @@ use super::endpoint::{Endpoint, Moves};
 use super::error::{LinkError, within};
 use super::history::{self, HistoryConfig, Snapshot};
 use super::id::StreamId;
-use super::link::{self, Context, Link, Wake};
+use super::link::{self, Context, Link};
 use super::sentinel::addr_of;
 use super::subscriber::{self, Incoming, Next, Subscriber};
 use super::timeouts::{COMMAND_TIMEOUT, PING_EVERY};
@@ -48,8 +47,6 @@ use crate::metrics::Metrics;
 pub struct RedisBroker {
     endpoint: Endpoint,
     pub(crate) wire: Arc<dyn Wire>,
-    /// Wakes the subscription link instead of [`Hub::changed`] when several links share a hub.
-    wake: Option<Arc<Notify>>,
     /// Where logs may name the server: host and port, never the password.
     pub(crate) display: String,
     publisher: CommandConn,
@@ -66,16 +63,15 @@ struct Scripts {
 
 impl RedisBroker {
     pub fn new(endpoint: Endpoint, prefix: String) -> Self {
-        Self::with_wire(endpoint, Arc::new(Plain { prefix }), None)
+        Self::with_wire(endpoint, Arc::new(Plain { prefix }))
     }
 
-    /// A broker speaking `wire`; `wake`, when given, replaces [`Hub::changed`] as its wake-up.
-    pub fn with_wire(endpoint: Endpoint, wire: Arc<dyn Wire>, wake: Option<Arc<Notify>>) -> Self {
+    /// A broker speaking `wire` (several may share one hub, each serving its own groups).
+    pub fn with_wire(endpoint: Endpoint, wire: Arc<dyn Wire>) -> Self {
         Self {
             display: endpoint.display().to_owned(),
             endpoint,
             wire,
-            wake,
             publisher: CommandConn::default(),
             scripts: Scripts {
                 publish: redis::Script::new(history::PUBLISH_SCRIPT),
@@ -203,7 +199,6 @@ impl RedisBroker {
             let link = ClusterLink::new(
                 cluster.clone(),
                 self.wire.clone(),
-                self.wake(),
                 self.display.clone(),
                 cx.clone(),
             );
@@ -216,14 +211,6 @@ impl RedisBroker {
             cx: cx.clone(),
         };
         link::drive(link, cx, shutdown).await
-    }
-
-    /// What wakes its link to resubscribe: the hub, or its own notifier when shared.
-    fn wake(&self) -> Wake {
-        match &self.wake {
-            Some(n) => Wake::Notify(n.clone()),
-            None => Wake::Hub,
-        }
     }
 
     /// A subscription connection to the server to subscribe on now, and where it goes.
@@ -269,12 +256,8 @@ impl Link for ServerLink {
         &self.broker.display
     }
 
-    fn wake(&self) -> Wake {
-        self.broker.wake()
-    }
-
-    fn wanted(&self, hub: &Hub) -> BTreeSet<String> {
-        wire::wanted(&*self.broker.wire, hub)
+    fn serves(&self, group: &str) -> bool {
+        self.broker.wire.serves(group)
     }
 
     async fn connect(&mut self) -> Result<ServerConn, LinkError> {

@@ -3,14 +3,12 @@
 //! history carries its id in an envelope that is stripped here.
 //!
 //! ```text
-//! hub.wanted() --serves()--> groups of this link --channel()--> SUBSCRIBE <channel>
+//! hub's changed groups --serves()--> groups of this link --channel()--> SUBSCRIBE <channel>
 //! Redis message (channel, payload) --group()--> group --event()--> (id?, text frame) --> hub
 //!                                   "\x1e<id>\x1e<payload>" -> (Some(id), payload)
 //! ```
 //!
 //! The Django Channels pub/sub layer brings its own wire (`crate::channels::pubsub`).
-
-use std::collections::BTreeSet;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::warn;
@@ -40,15 +38,6 @@ pub trait Wire: Send + Sync + 'static {
     ) -> Option<(Option<StreamId>, Utf8Bytes)> {
         self.frame(group, payload, metrics).map(|f| (None, f))
     }
-}
-
-/// The groups a link speaking `wire` should be subscribed to: those with local clients that it
-/// serves.
-pub fn wanted(wire: &dyn Wire, hub: &Hub) -> BTreeSet<String> {
-    hub.wanted()
-        .into_iter()
-        .filter(|g| wire.serves(g))
-        .collect()
 }
 
 /// One message of `channel` to the hub, when it is a group's and decodes.

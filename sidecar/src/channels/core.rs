@@ -31,7 +31,7 @@ use super::drain::Drain;
 use super::hash::consistent_hash;
 use super::settings::ChannelsConfig;
 use crate::broker::error::LinkError;
-use crate::broker::link::{self, Context, Link, Wake};
+use crate::broker::link::{self, Context, Link};
 use crate::broker::redact::redacted;
 use crate::broker::timeouts::COMMAND_TIMEOUT;
 use crate::error::ConfigError;
@@ -290,14 +290,6 @@ impl Link for Core {
     fn connect_timeout(&self) -> Duration {
         // A connection and a marker per shard, one after the other.
         COMMAND_TIMEOUT * 2 * self.shards.len().max(1) as u32
-    }
-
-    fn wake(&self) -> Wake {
-        Wake::Hub
-    }
-
-    fn wanted(&self, hub: &Hub) -> BTreeSet<String> {
-        hub.wanted().into_iter().collect()
     }
 
     async fn connect(&mut self) -> Result<Members, LinkError> {

@@ -20,9 +20,8 @@ use tracing::warn;
 
 use super::codec::Codec;
 use crate::broker::error::LinkError;
-use crate::broker::link::{Context, Link, Wake};
+use crate::broker::link::{Context, Link};
 use crate::broker::timeouts::COMMAND_TIMEOUT;
-use crate::hub::Hub;
 use crate::metrics::DropReason;
 
 /// BZPOPMIN blocks this long, then loops (so a dead peer is noticed).
@@ -135,17 +134,11 @@ impl Link for Drain {
     // The blocking pop answers every 2s: that is the keep-alive.
     const KEEP_ALIVE: Option<Duration> = None;
     const REPORTS: bool = false;
+    // The inbox is this process's own channel, not a group.
+    const JOINS: bool = false;
 
     fn display(&self) -> &str {
         &self.display
-    }
-
-    fn wake(&self) -> Wake {
-        Wake::Never
-    }
-
-    fn wanted(&self, _hub: &Hub) -> BTreeSet<String> {
-        BTreeSet::new()
     }
 
     async fn connect(&mut self) -> Result<MultiplexedConnection, LinkError> {

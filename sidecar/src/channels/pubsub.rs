@@ -2,17 +2,16 @@
 //! `PUBLISH <prefix>__group__<g> <msgpack msg>` on the shard `consistent_hash("<prefix>__group__<g>")`.
 //!
 //! The plain Redis source does the work (subscribe exactly the wanted groups, reconnect,
-//! resubscribe); this module only brings a [`Wire`] per shard and wakes every shard's loop when
-//! the hub's groups change:
+//! resubscribe); this module only brings a [`Wire`] per shard. Each shard's link listens to the
+//! hub's changed groups itself and keeps those its wire serves:
 //!
 //! ```text
-//! hub.changed --[waker]--> Notify(shard 0) -> RedisBroker(host 0, wire: groups of shard 0) -> link driver
-//!                      \-> Notify(shard 1) -> RedisBroker(host 1, wire: groups of shard 1) -> link driver
+//! hub changes --> link driver (shard 0) -> RedisBroker(host 0, wire: groups of shard 0)
+//!             \-> link driver (shard 1) -> RedisBroker(host 1, wire: groups of shard 1)
 //! ```
 
 use std::sync::Arc;
 
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
@@ -76,10 +75,8 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<()>, ConfigError> {
     let shards = config.hosts.len();
-    let mut wakes = Vec::with_capacity(shards);
     let mut loops = Vec::with_capacity(shards);
     for (shard, host) in config.hosts.iter().enumerate() {
-        let wake = Arc::new(Notify::new());
         let wire = Arc::new(PubsubWire {
             channel_prefix: format!("{}__group__", config.prefix),
             shard,
@@ -89,8 +86,7 @@ pub fn spawn(
         let endpoint = Endpoint::single(&host.0, &config.tls).map_err(|e| {
             ConfigError::new("--channels-hosts", format!("{}: {e}", redacted(&host.0)))
         })?;
-        let broker = RedisBroker::with_wire(endpoint, wire, Some(wake.clone()));
-        wakes.push(wake);
+        let broker = RedisBroker::with_wire(endpoint, wire);
         loops.push(Arc::new(broker).run(
             hub.clone(),
             health.clone(),
@@ -99,18 +95,6 @@ pub fn spawn(
         ));
     }
     Ok(tokio::spawn(async move {
-        let waker = async {
-            loop {
-                hub.changed().notified().await;
-                // notify_one stores a permit, so a loop busy with Redis still sees the change.
-                for w in &wakes {
-                    w.notify_one();
-                }
-            }
-        };
-        tokio::select! {
-            _ = futures_util::future::join_all(loops) => {}
-            _ = waker => {}
-        }
+        futures_util::future::join_all(loops).await;
     }))
 }

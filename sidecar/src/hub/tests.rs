@@ -23,19 +23,38 @@ async fn delivers_only_to_members_in_order() {
 }
 
 #[tokio::test]
-async fn last_leave_removes_group_and_notifies() {
+async fn a_link_hears_of_a_group_only_when_it_is_created_or_removed() {
     let hub = hub(8);
-    let a = hub.join(vec!["g".into()]);
+    let changes = hub.listen();
+    let all = |_: &str| true;
+    let a = hub.join(vec!["g".into(), "user:1".into()]);
     let b = hub.join(vec!["g".into()]);
-    hub.changed().notified().await; // the first join's notification
-    assert_eq!(hub.wanted(), vec!["g".to_string()]);
-    drop(a);
-    assert_eq!(hub.wanted(), vec!["g".to_string()]);
-    drop(b);
-    assert!(hub.wanted().is_empty());
-    tokio::time::timeout(Duration::from_secs(1), hub.changed().notified())
+    tokio::time::timeout(Duration::from_secs(1), changes.changed())
         .await
-        .expect("leave of the last client notifies the source");
+        .expect("the first join notifies the link");
+    let mut got: Vec<String> = changes.take().into_iter().collect();
+    got.sort();
+    assert_eq!(
+        got,
+        ["g", "user:1"],
+        "b joining an existing group told nothing"
+    );
+    let mut wanted = hub.wanted(all);
+    wanted.sort();
+    assert_eq!(wanted, ["g", "user:1"]);
+    assert_eq!(hub.wanted(|g| g.starts_with("user:")), ["user:1"]);
+    drop(a);
+    assert_eq!(changes.take().into_iter().collect::<Vec<_>>(), ["user:1"]);
+    assert_eq!(
+        hub.partition(["g".to_string(), "user:1".to_string()]),
+        (vec!["g".to_string()], vec!["user:1".to_string()])
+    );
+    drop(b);
+    assert!(hub.wanted(all).is_empty());
+    tokio::time::timeout(Duration::from_secs(1), changes.changed())
+        .await
+        .expect("leave of the last client notifies the link");
+    assert_eq!(changes.take().into_iter().collect::<Vec<_>>(), ["g"]);
 }
 
 #[tokio::test]
@@ -121,4 +140,30 @@ async fn confirmation_gates_until_source_confirms() {
     hub.set_confirmed(["a", "b"], true);
     assert!(m.wait_confirmed(Duration::from_secs(5)).await);
     assert!(waiter.await.unwrap());
+}
+
+#[tokio::test]
+async fn a_waiting_handshake_is_woken_by_its_own_groups_confirmation() {
+    let hub = Hub::new(4, 1 << 20, false, Metrics::default());
+    let m = hub.join(vec!["a".into(), "b".into()]);
+    let other = hub.join(vec!["c".into()]);
+    let h2 = hub.clone();
+    let confirmer = tokio::spawn(async move {
+        // One at a time: the waiter must not be satisfied by the first alone, nor by c.
+        h2.set_confirmed(["a"], true);
+        tokio::task::yield_now().await;
+        h2.set_confirmed(["c"], true);
+        tokio::task::yield_now().await;
+        h2.set_confirmed(["b"], true);
+    });
+    assert!(m.wait_confirmed(Duration::from_secs(5)).await);
+    confirmer.await.unwrap();
+    assert!(other.wait_confirmed(Duration::from_secs(5)).await);
+    // Unconfirmed again (the link was lost), and the wait times out.
+    hub.set_confirmed(["a"], false);
+    assert!(!m.wait_confirmed(Duration::from_millis(20)).await);
+    // The wake-ups left permits on the queue: a reader still gets events only when there are.
+    assert!(m.queue.try_pop().is_none());
+    hub.publish("a", &"x".into());
+    assert_eq!(m.queue.pop().await.unwrap().payload, "x");
 }

@@ -12,6 +12,8 @@ use super::*;
 struct Seen {
     connects: usize,
     joined: Vec<String>,
+    /// Each join and leave call, in order: `+g` / `-g`, one string per call.
+    calls: Vec<String>,
     closed: bool,
 }
 
@@ -35,14 +37,6 @@ impl Link for Scripted {
         "scripted://"
     }
 
-    fn wake(&self) -> Wake {
-        Wake::Hub
-    }
-
-    fn wanted(&self, hub: &Hub) -> BTreeSet<String> {
-        hub.wanted().into_iter().collect()
-    }
-
     async fn connect(&mut self) -> Result<(), LinkError> {
         let mut seen = self.seen.lock().unwrap();
         seen.connects += 1;
@@ -53,11 +47,22 @@ impl Link for Scripted {
     }
 
     async fn join(&mut self, _: &mut (), groups: &[String]) -> Result<(), LinkError> {
-        self.seen.lock().unwrap().joined.extend_from_slice(groups);
+        let mut seen = self.seen.lock().unwrap();
+        seen.joined.extend_from_slice(groups);
+        let mut sorted = groups.to_vec();
+        sorted.sort();
+        seen.calls.push(format!("+{}", sorted.join(",")));
         Ok(())
     }
 
-    async fn leave(&mut self, _: &mut (), _: &[String]) -> Result<(), LinkError> {
+    async fn leave(&mut self, _: &mut (), groups: &[String]) -> Result<(), LinkError> {
+        let mut sorted = groups.to_vec();
+        sorted.sort();
+        self.seen
+            .lock()
+            .unwrap()
+            .calls
+            .push(format!("-{}", sorted.join(",")));
         Ok(())
     }
 
@@ -134,4 +139,75 @@ async fn retries_until_connected_then_reports_loss_and_catch_up_in_one_place() {
     assert!(seen.lock().unwrap().closed, "the link was closed");
     assert!(!cx.health.broker_up());
     assert_eq!(metrics.broker_up.get(), 0);
+}
+
+/// Waits until the link made `n` join/leave calls, and returns them.
+async fn calls(seen: &Mutex<Seen>, n: usize) -> Vec<String> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let calls = seen.lock().unwrap().calls.clone();
+            if calls.len() >= n {
+                return calls;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the link made fewer than {n} calls: {:?}",
+            seen.lock().unwrap().calls
+        )
+    })
+}
+
+#[tokio::test]
+async fn after_connecting_only_the_groups_that_changed_are_joined_or_left() {
+    let metrics = Metrics::default();
+    let cx = Context {
+        hub: Hub::new(8, 1 << 20, false, metrics.clone()),
+        health: Arc::new(Health::new(true)),
+        metrics,
+    };
+    let first = cx.hub.join(vec!["a".into(), "b".into()]);
+    let (_lose, rx) = mpsc::unbounded_channel();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let link = Scripted {
+        failures: 0,
+        lose: rx,
+        seen: seen.clone(),
+    };
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(drive(link, cx.clone(), stop.clone()));
+    assert!(first.wait_confirmed(Duration::from_secs(5)).await);
+    assert_eq!(
+        calls(&seen, 1).await,
+        ["+a,b"],
+        "all wanted groups on connect"
+    );
+
+    // A second client in a, and one new group: only c is joined.
+    let second = cx.hub.join(vec!["a".into(), "c".into()]);
+    assert!(second.wait_confirmed(Duration::from_secs(5)).await);
+    assert_eq!(calls(&seen, 2).await[1], "+c");
+
+    // a keeps a client: only c is left.
+    drop(second);
+    assert_eq!(calls(&seen, 3).await[2], "-c");
+
+    // a and b removed, and b made again before the link looked (this test's runtime has one
+    // thread: the link runs only when the test awaits): b stays joined, nothing to
+    // (un)subscribe, but its new hub entry needs the confirmation back.
+    drop(first);
+    let third = cx.hub.join(vec!["b".into()]);
+    assert!(third.wait_confirmed(Duration::from_secs(5)).await);
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the driver stops on shutdown")
+        .unwrap();
+    let calls = seen.lock().unwrap().calls.clone();
+    // a left once its last client went; b never left nor joined again.
+    assert!(calls[3..].iter().all(|c| !c.contains('b')), "{calls:?}");
+    assert!(calls[3..].contains(&"-a".to_string()), "{calls:?}");
 }
