@@ -264,23 +264,32 @@ impl Session {
 
     /// The event loop: one method per kind of event, shutdown first. Only live events are
     /// handled in place; the rest are boxed (see [`serve_client`]).
+    ///
+    /// The beat is looked at first on every turn, by its version alone; its wait is polled
+    /// last, so a turn that finds an event or a frame never registers with the beat's shard,
+    /// which a few hundred sessions share (registering and leaving its waiter list takes that
+    /// shard's lock twice per event, from both cores).
     async fn serve(&mut self) -> CloseReason {
         loop {
-            // A beat that came in while a write or a catch-up waited.
-            if std::mem::take(&mut self.heart.pending)
+            // A beat that came in since the last turn, or while a write or a catch-up waited.
+            let Ok(changed) = self.heart.rx.has_changed() else {
+                // The hub is gone, so is the server.
+                let _ = Box::pin(self.on_shutdown()).await;
+                return CloseReason::Shutdown;
+            };
+            if (std::mem::take(&mut self.heart.pending) || changed)
                 && let Err(reason) = Box::pin(self.on_beat()).await
             {
                 return reason;
             }
             let step = tokio::select! {
                 biased;
-                beat = self.heart.rx.changed() => match beat {
-                    Ok(()) => Box::pin(self.on_beat()).await,
-                    // The hub is gone, so is the server.
-                    Err(_) => Box::pin(self.on_shutdown()).await,
-                },
                 frame = self.ws.next() => Box::pin(self.on_client(frame)).await,
                 event = self.membership.queue.pop(), if !self.held => self.on_event(event).await,
+                beat = self.heart.rx.changed() => match beat {
+                    Ok(()) => Box::pin(self.on_beat()).await,
+                    Err(_) => Box::pin(self.on_shutdown()).await,
+                },
             };
             if let Err(reason) = step {
                 return reason;

@@ -1,10 +1,16 @@
 //! The real binary: bad configuration, and graceful shutdown on SIGTERM.
 
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use taskstream_tests::WAIT;
 use taskstream_tests::redis_server::RedisServer;
 use taskstream_tests::sidecar::{SidecarProcess, run_binary, ws_url};
 use taskstream_tests::upstream::{App, http_get};
 use taskstream_tests::ws::{connect, recv_close, recv_text};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::sync::CancellationToken;
 
 /// (flags, environment, the flag the error must name)
 type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
@@ -134,6 +140,104 @@ async fn sigterm_closes_clients_with_1001_drains_requests_and_exits_0() {
     assert_eq!((status, body.as_str()), (200, "slow done"));
     let exit = sc.wait_exit().await;
     assert!(exit.success(), "exit status {exit:?}");
+}
+
+/// A client whose events never stop still gets the sidecar's pings and, on SIGTERM, its 1001:
+/// the session looks at its beat on every turn, not only when its queue runs dry. Every event
+/// published until the close arrives once and in order.
+#[tokio::test]
+async fn pings_and_shutdown_reach_a_client_whose_events_never_stop() {
+    let redis = RedisServer::start().await;
+    let mut sc = SidecarProcess::spawn(&[
+        "--auth",
+        "none",
+        "--redis-url",
+        &redis.url(),
+        "--ping-interval",
+        "300ms",
+        "--send-queue",
+        "65536",
+    ])
+    .await;
+    let admin = sc.admin;
+    taskstream_tests::eventually("ready", || async move {
+        (http_get(&format!("http://{admin}/readyz")).await.0 == 200).then_some(())
+    })
+    .await;
+    // The handshake answers once the subscription is confirmed: event 0 is the first one.
+    let mut ws = connect(&ws_url(sc.public, "groups=g")).await;
+
+    // 100 events every 10 ms, each burst one pipeline, from now until the test ends: the
+    // client's queue is refilled while its session is still writing.
+    let stop = CancellationToken::new();
+    let mut conn = redis.conn().await.expect("connect to redis");
+    let publishing = stop.clone();
+    let publisher = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(10));
+        let mut n = 0u64;
+        while !publishing.is_cancelled() {
+            every.tick().await;
+            let mut burst = redis::pipe();
+            for _ in 0..100 {
+                burst.cmd("PUBLISH").arg("taskstream:g").arg(n).ignore();
+                n += 1;
+            }
+            burst.query_async::<()>(&mut conn).await.expect("PUBLISH");
+        }
+        n
+    });
+
+    let mut next = 0u64;
+    let on_event = |next: &mut u64, text: &str| {
+        let n: u64 = text.parse().expect("an event number");
+        assert_eq!(n, *next, "events lost, repeated or out of order");
+        *next += 1;
+    };
+    // Three pings, each after events: the beat is heard while the events flow.
+    let mut pings = 0;
+    let mut since_ping = 0;
+    while pings < 3 {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame within the wait")
+            .expect("connection open")
+            .expect("no websocket error")
+        {
+            Message::Text(t) => {
+                on_event(&mut next, &t);
+                since_ping += 1;
+            }
+            Message::Ping(_) if since_ping > 0 => {
+                pings += 1;
+                since_ping = 0;
+            }
+            Message::Ping(_) => {}
+            other => panic!("expected events and pings, got {other:?}"),
+        }
+    }
+    let before_close = next;
+    sc.terminate();
+    let code = loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("the close within the wait")
+            .expect("connection open")
+            .expect("no websocket error")
+        {
+            Message::Text(t) => on_event(&mut next, &t),
+            Message::Close(frame) => break frame.map(|f| f.code),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("expected events then a close, got {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(CloseCode::Away));
+    stop.cancel();
+    let published = publisher.await.expect("publisher");
+    assert!(
+        next >= before_close && published >= next && next > 100,
+        "got {next} of {published} events, {before_close} before SIGTERM"
+    );
+    assert!(sc.wait_exit().await.success());
 }
 
 #[tokio::test]
