@@ -102,7 +102,21 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn next(&mut self) -> Item {
-        match self.rx.recv().await {
+        let entry = self.rx.recv().await;
+        self.item(entry)
+    }
+
+    /// The next item if one is waiting, without waiting.
+    pub fn try_next(&mut self) -> Option<Item> {
+        match self.rx.try_recv() {
+            Ok(entry) => Some(self.item(Some(entry))),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => Some(self.item(None)),
+        }
+    }
+
+    fn item(&self, entry: Option<Entry>) -> Item {
+        match entry {
             Some(Entry::Message {
                 channel,
                 payload,
@@ -170,6 +184,21 @@ mod tests {
         }
         drop(tx);
         assert_closed(rx.next().await);
+    }
+
+    #[tokio::test]
+    async fn try_next_takes_what_waits_and_frees_its_bytes() {
+        let (tx, mut rx) = inbox(2 * (100 + 1 + OVERHEAD));
+        assert!(rx.try_next().is_none(), "nothing waits yet");
+        for round in 0..10u8 {
+            tx.message("a".into(), vec![round; 100]);
+            tx.message("b".into(), vec![round; 100]);
+            assert_msg(rx.try_next().expect("a waits"), "a", &[round; 100]);
+            assert_msg(rx.try_next().expect("b waits"), "b", &[round; 100]);
+            assert!(rx.try_next().is_none());
+        }
+        drop(tx);
+        assert_closed(rx.try_next().expect("the end is an item"));
     }
 
     #[tokio::test]

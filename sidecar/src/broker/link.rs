@@ -9,7 +9,8 @@
 //! Link::connect --> join all wanted groups --> up: health + taskstream_broker_up + log,           |
 //!   (bounded)                                  after a loss: hub.resubscribed() (catch-up)        |
 //!                   loop { groups changed   -> join / leave those that changed                    |
-//!                          Link::next       -> Link::handle (messages to the hub)                 |
+//!                          Link::next       -> Link::handle (messages to the hub), then up to    |
+//!                                              DRAIN more that wait already (Link::try_next)    |
 //!                          keep-alive timer -> Link::keep_alive }                                 |
 //!                   --LinkError--> down: health + metric + log, hub.link_lost(), unconfirm -------+
 //!                   --shutdown---> Link::close
@@ -34,6 +35,12 @@ use crate::backoff::Backoff;
 use crate::health::Health;
 use crate::hub::{Changes, Hub};
 use crate::metrics::Metrics;
+
+/// Events handled after one that came through the driver's `select!`, when they wait already,
+/// before it polls its other branches (and the runtime's budget) again. Under load the inbox
+/// then empties in runs, so each client's queue gets several events per run and its session
+/// writes them in one flush; more per run would keep the sessions' writers waiting longer.
+pub(crate) const DRAIN: usize = 32;
 
 /// One kind of broker link. The driver owns the loop and the set of joined groups; the link
 /// owns its connection's protocol.
@@ -85,6 +92,12 @@ pub(crate) trait Link: Send {
     /// Waits for the next thing to handle. Must be cancel-safe: the driver drops it when
     /// something else comes first.
     async fn next(&mut self, conn: &mut Self::Conn) -> Self::Event;
+
+    /// What [`Link::next`] would return at once, if anything. After each event from its
+    /// `select!` the driver handles up to [`DRAIN`] of these before it looks at anything else.
+    fn try_next(&mut self, _conn: &mut Self::Conn) -> Option<Self::Event> {
+        None
+    }
 
     /// Handles what [`Link::next`] returned (runs to completion).
     async fn handle(
@@ -231,7 +244,13 @@ async fn serve<L: Link>(
                     reconcile(link, conn, joined, changes.take(), &cx.hub).await?;
                 }
             }
-            event = link.next(conn) => link.handle(conn, joined, event).await?,
+            event = link.next(conn) => {
+                link.handle(conn, joined, event).await?;
+                for _ in 0..DRAIN {
+                    let Some(event) = link.try_next(conn) else { break };
+                    link.handle(conn, joined, event).await?;
+                }
+            }
             _ = tick(&mut keep_alive) => link.keep_alive(conn, joined).await?,
         }
     }

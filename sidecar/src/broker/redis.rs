@@ -296,6 +296,10 @@ impl Link for ServerLink {
         }
     }
 
+    fn try_next(&mut self, conn: &mut ServerConn) -> Option<ServerEvent> {
+        conn.incoming.try_next().map(ServerEvent::Message)
+    }
+
     async fn handle(
         &mut self,
         _conn: &mut ServerConn,

@@ -144,6 +144,17 @@ pub enum Next {
 }
 
 impl Incoming {
+    /// What [`Incoming::next`] would return at once, if anything (RESP3's inbox only).
+    pub fn try_next(&mut self) -> Option<Next> {
+        match self {
+            Self::Push(inbox) => inbox.try_next().map(|item| match item {
+                Item::Message { channel, payload } => Next::Pushed { channel, payload },
+                Item::Lost(why) => Next::Lost(why),
+            }),
+            Self::Queue(_) => None,
+        }
+    }
+
     pub async fn next(&mut self) -> Next {
         match self {
             Self::Push(inbox) => match inbox.next().await {

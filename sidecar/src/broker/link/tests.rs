@@ -211,3 +211,103 @@ async fn after_connecting_only_the_groups_that_changed_are_joined_or_left() {
     assert!(calls[3..].iter().all(|c| !c.contains('b')), "{calls:?}");
     assert!(calls[3..].contains(&"-a".to_string()), "{calls:?}");
 }
+
+/// A link whose events wait in a channel: counts how they were taken.
+struct Burst {
+    events: mpsc::UnboundedReceiver<u32>,
+    /// (events from `next`, through the driver's `select!`; from `try_next`; handled in order)
+    taken: Arc<Mutex<(usize, usize, Vec<u32>)>>,
+}
+
+impl Link for Burst {
+    type Conn = ();
+    type Event = Option<u32>;
+
+    const KIND: &'static str = "burst";
+    const JOINED: &'static str = "joined";
+    const DROPS_WHILE_DOWN: bool = false;
+    const KEEP_ALIVE: Option<Duration> = None;
+
+    fn display(&self) -> &str {
+        "burst://"
+    }
+
+    async fn connect(&mut self) -> Result<(), LinkError> {
+        Ok(())
+    }
+
+    async fn join(&mut self, _: &mut (), _: &[String]) -> Result<(), LinkError> {
+        Ok(())
+    }
+
+    async fn leave(&mut self, _: &mut (), _: &[String]) -> Result<(), LinkError> {
+        Ok(())
+    }
+
+    async fn next(&mut self, _: &mut ()) -> Option<u32> {
+        let event = self.events.recv().await;
+        self.taken.lock().unwrap().0 += 1;
+        event
+    }
+
+    fn try_next(&mut self, _: &mut ()) -> Option<Option<u32>> {
+        let event = self.events.try_recv().ok()?;
+        self.taken.lock().unwrap().1 += 1;
+        Some(Some(event))
+    }
+
+    async fn handle(
+        &mut self,
+        _: &mut (),
+        _: &BTreeSet<String>,
+        event: Option<u32>,
+    ) -> Result<(), LinkError> {
+        match event {
+            Some(n) => {
+                self.taken.lock().unwrap().2.push(n);
+                Ok(())
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Events that wait already are handled in runs: one through the `select!`, then up to
+/// [`DRAIN`] more, in order, before the driver looks at its other branches again.
+#[tokio::test]
+async fn waiting_events_are_handled_in_bounded_runs_in_order() {
+    let metrics = Metrics::default();
+    let cx = Context {
+        hub: Hub::new(8, 1 << 20, false, metrics.clone()),
+        health: Arc::new(Health::new(true)),
+        metrics,
+    };
+    let (tx, events) = mpsc::unbounded_channel();
+    let taken = Arc::new(Mutex::new((0, 0, Vec::new())));
+    let link = Burst {
+        events,
+        taken: taken.clone(),
+    };
+    // This test's runtime has one thread: all 100 wait before the driver first runs.
+    for n in 0..100 {
+        tx.send(n).unwrap();
+    }
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(drive(link, cx, stop.clone()));
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while taken.lock().unwrap().2.len() < 100 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("every event handled");
+    let (selected, drained, order) = taken.lock().unwrap().clone();
+    assert_eq!(order, (0..100).collect::<Vec<_>>());
+    let runs = 100usize.div_ceil(DRAIN + 1);
+    assert_eq!((selected, drained), (runs, 100 - runs));
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the driver stops on shutdown")
+        .unwrap();
+}
