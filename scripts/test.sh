@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 ./scripts/install-test-deps.sh
 # No incremental caches unless asked for: a one-off full run gains nothing from them, and they
-# roughly double the disk a fresh target directory takes.
+# take disk a fresh CI machine may not have (see [profile.dev] in Cargo.toml).
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo test --workspace --locked --all-targets
 # Python publisher (clients/python): pytest against real redis-server processes and the sidecar
