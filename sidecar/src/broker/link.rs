@@ -9,8 +9,8 @@
 //! Link::connect --> join all wanted groups --> up: health + taskstream_broker_up + log,           |
 //!   (bounded)                                  after a loss: hub.resubscribed() (catch-up)        |
 //!                   loop { groups changed   -> join / leave those that changed                    |
-//!                          Link::next       -> Link::handle (messages to the hub), then up to    |
-//!                                              DRAIN more that wait already (Link::try_next)    |
+//!                          Link::next       -> Link::handle (messages to the hub), then up to     |
+//!                                              DRAIN more that wait already (Link::try_next)      |
 //!                          keep-alive timer -> Link::keep_alive }                                 |
 //!                   --LinkError--> down: health + metric + log, hub.link_lost(), unconfirm -------+
 //!                   --shutdown---> Link::close
@@ -39,7 +39,8 @@ use crate::metrics::Metrics;
 /// Events handled after one that came through the driver's `select!`, when they wait already,
 /// before it polls its other branches (and the runtime's budget) again. Under load the inbox
 /// then empties in runs, so each client's queue gets several events per run and its session
-/// writes them in one flush; more per run would keep the sessions' writers waiting longer.
+/// writes them in one flush. More per run keeps the sessions' writers waiting longer: at 64 and
+/// more, an overload closed clients as slow (README, Benchmarks, issue 21).
 pub(crate) const DRAIN: usize = 32;
 
 /// One kind of broker link. The driver owns the loop and the set of joined groups; the link
