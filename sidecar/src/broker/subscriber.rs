@@ -143,24 +143,27 @@ pub enum Next {
     Lost(LinkError),
 }
 
+impl From<Item> for Next {
+    fn from(item: Item) -> Self {
+        match item {
+            Item::Message { channel, payload } => Next::Pushed { channel, payload },
+            Item::Lost(why) => Next::Lost(why),
+        }
+    }
+}
+
 impl Incoming {
     /// What [`Incoming::next`] would return at once, if anything (RESP3's inbox only).
     pub fn try_next(&mut self) -> Option<Next> {
         match self {
-            Self::Push(inbox) => inbox.try_next().map(|item| match item {
-                Item::Message { channel, payload } => Next::Pushed { channel, payload },
-                Item::Lost(why) => Next::Lost(why),
-            }),
+            Self::Push(inbox) => inbox.try_next().map(Next::from),
             Self::Queue(_) => None,
         }
     }
 
     pub async fn next(&mut self) -> Next {
         match self {
-            Self::Push(inbox) => match inbox.next().await {
-                Item::Message { channel, payload } => Next::Pushed { channel, payload },
-                Item::Lost(why) => Next::Lost(why),
-            },
+            Self::Push(inbox) => Next::from(inbox.next().await),
             Self::Queue(stream) => match stream.next().await {
                 Some(msg) => Next::Queued(msg),
                 None => Next::Lost(LinkError::Closed),
