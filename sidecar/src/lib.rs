@@ -21,6 +21,7 @@ pub(crate) mod duration;
 pub(crate) mod health;
 pub(crate) mod hub;
 pub(crate) mod jwks;
+pub(crate) mod memory;
 pub(crate) mod metrics;
 pub(crate) mod origin;
 pub(crate) mod protocol;

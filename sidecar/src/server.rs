@@ -104,6 +104,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             if let Err(e) = result {
                 debug!(%peer, error = %e, "http connection ended with an error");
             }
+            // A handshake's buffers are freed here (the session keeps only the socket).
+            crate::memory::churned();
         });
     }
 }

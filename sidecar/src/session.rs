@@ -96,12 +96,15 @@ pub struct Start {
 /// client needs only now and then runs in a future boxed for the occasion (the upgrade,
 /// positions and resume, a catch-up, a ping, a close), so it does not size every idle task.
 pub async fn serve_client(start: Box<Start>) {
+    // A client gone during the upgrade: its connection's end told the trimmer already.
     let Some(mut session) = Box::pin(Session::open(start)).await else {
         return;
     };
     let reason = session.serve().await;
     session.cx.metrics.closed(reason);
     debug!(peer = %session.peer, ?reason, "client disconnected");
+    drop(session);
+    crate::memory::churned();
 }
 
 /// The session ends (for this reason), or goes on.
