@@ -93,8 +93,8 @@ struct Group {
     confirmed: bool,
 }
 
+/// A client in a group's list, known by its queue (no id: one word per membership).
 struct Subscriber {
-    id: u64,
     queue: Arc<Queue>,
 }
 
@@ -111,18 +111,22 @@ pub struct Queue {
     /// Set when the queue overflowed: the session closes the client with 1013. An atomic, not a
     /// CancellationToken: the hub reads it once per client per event.
     lagged: AtomicBool,
+    /// The client's beat shard, chosen when it joined (kept here, in the padding after
+    /// `lagged`, rather than an id in every idle session).
+    shard: u8,
 }
 
 /// Queues at most this many slots' worth of memory once drained.
 const KEEP_SLOTS: usize = 8;
 
 impl Queue {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, shard: u8) -> Self {
         Self {
             events: Mutex::new(VecDeque::new()),
             capacity,
             ready: Notify::new(),
             lagged: AtomicBool::new(false),
+            shard,
         }
     }
 
@@ -193,8 +197,8 @@ impl Queue {
 /// A client's place in the hub; leaving the hub happens on drop.
 pub struct Membership {
     hub: Arc<Hub>,
-    id: u64,
-    groups: Vec<String>,
+    /// Exact size: a `Vec`'s capacity word would sit in every idle session.
+    groups: Box<[String]>,
     /// Events for this client, in publish order.
     pub queue: Arc<Queue>,
 }
@@ -215,14 +219,14 @@ impl Hub {
 
     /// Adds a client to `groups` (deduplicated by the caller).
     pub fn join(self: &Arc<Self>, groups: Vec<String>) -> Membership {
+        // Clients take the beat's shards in turn.
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let queue = Arc::new(Queue::new(self.queue));
+        let queue = Arc::new(Queue::new(self.queue, (id % beat::SHARDS as u64) as u8));
         let mut added: Vec<&str> = Vec::new();
         {
             let mut map = self.groups.write().unwrap_or_else(|e| e.into_inner());
             for g in &groups {
                 let subscriber = Subscriber {
-                    id,
                     queue: queue.clone(),
                 };
                 if let Some(entry) = map.get_mut(g.as_str()) {
@@ -244,19 +248,18 @@ impl Hub {
         self.listeners.tell(&added);
         Membership {
             hub: self.clone(),
-            id,
-            groups,
+            groups: groups.into_boxed_slice(),
             queue,
         }
     }
 
-    fn leave(&self, id: u64, groups: &[String]) {
+    fn leave(&self, queue: &Arc<Queue>, groups: &[String]) {
         let mut removed: Vec<&str> = Vec::new();
         {
             let mut map = self.groups.write().unwrap_or_else(|e| e.into_inner());
             for g in groups {
                 if let Some(entry) = map.get_mut(g) {
-                    entry.subscribers.retain(|s| s.id != id);
+                    entry.subscribers.retain(|s| !Arc::ptr_eq(&s.queue, queue));
                     if entry.subscribers.is_empty() {
                         map.remove(g);
                         removed.push(g);
@@ -385,7 +388,7 @@ impl Hub {
 impl Membership {
     /// This client's beat: its shard of the pings, the broker's link and shutdown.
     pub fn beat(&self) -> watch::Receiver<Beat> {
-        self.hub.beat(self.id)
+        self.hub.beat(u64::from(self.queue.shard))
     }
 
     /// Waits until the broker has confirmed every group of this client, so that every event
@@ -408,7 +411,7 @@ impl Membership {
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        self.hub.leave(self.id, &self.groups);
+        self.hub.leave(&self.queue, &self.groups);
     }
 }
 

@@ -168,14 +168,23 @@ pub async fn run(
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin, admin_stop.clone()));
 
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let metrics = Arc::new(metrics);
+    let sessions = Arc::new(session::Context {
+        broker: broker.clone(),
+        metrics: metrics.clone(),
+        ping_interval: config.ping_interval,
+        slots: slots.clone(),
+    });
     let shared = Arc::new(Shared {
-        slots: Arc::new(Semaphore::new(config.max_connections)),
+        slots,
+        sessions,
         config,
         hub,
         broker,
         auth,
         upstream,
-        metrics: Arc::new(metrics),
+        metrics,
         health: health.clone(),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),

@@ -35,7 +35,9 @@ use crate::protocol;
 /// positions costs about one slot per group while idle.
 #[derive(Debug, Default)]
 pub struct Positions {
-    slots: Vec<Slot>,
+    /// Exact size, one slot per group: a `Vec`'s capacity word would sit in every idle
+    /// session.
+    slots: Box<[Slot]>,
 }
 
 #[derive(Debug)]
@@ -71,7 +73,11 @@ impl Positions {
     }
 
     fn forget(&mut self, group: &str) {
-        self.slots.retain(|s| &*s.group != group);
+        if self.slots.iter().any(|s| &*s.group == group) {
+            let mut slots = std::mem::take(&mut self.slots).into_vec();
+            slots.retain(|s| &*s.group != group);
+            self.slots = slots.into_boxed_slice();
+        }
     }
 
     fn last(&self, group: &str) -> Option<StreamId> {
@@ -86,12 +92,14 @@ impl Positions {
             Some(i) => i,
             None => {
                 // Grow by one: the default doubling would leave room for groups never joined.
-                self.slots.reserve_exact(1);
-                self.slots.push(Slot {
+                let mut slots = std::mem::take(&mut self.slots).into_vec();
+                slots.reserve_exact(1);
+                slots.push(Slot {
                     group: group.into(),
                     last: None,
                     floor: None,
                 });
+                self.slots = slots.into_boxed_slice();
                 self.slots.len() - 1
             }
         };

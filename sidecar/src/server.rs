@@ -56,6 +56,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub slots: Arc<Semaphore>,
+    /// What every session is given (one allocation for all of them).
+    pub sessions: Arc<session::Context>,
     /// Cancelled on shutdown: sessions send 1001, HTTP connections finish and close.
     pub shutdown: CancellationToken,
     /// Sessions and HTTP connections, awaited (with a grace period) on shutdown.
@@ -234,11 +236,7 @@ async fn handshake(
     let start = Box::new(session::Start {
         on_upgrade: hyper::upgrade::on(&mut req),
         ws_config,
-        cx: session::Context {
-            broker: shared.broker.clone(),
-            metrics: shared.metrics.clone(),
-            ping_interval: shared.config.ping_interval,
-        },
+        cx: shared.sessions.clone(),
         membership,
         peer,
         user: identity.user,

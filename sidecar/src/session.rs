@@ -17,7 +17,7 @@
 //! session is dropped, whichever way it ended.
 
 use std::future::poll_fn;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,9 +26,7 @@ use futures_util::future::poll_immediate;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Instant;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -40,7 +38,7 @@ use crate::broker::id::StreamId;
 use crate::hub::{Event, Link, Membership};
 use crate::metrics::{CloseReason, Metrics};
 use crate::resume::{self as catchup, Placed, Positions};
-use crate::stall::{Stall, StallFlag};
+use crate::stall::Stall;
 
 mod close;
 mod heart;
@@ -66,6 +64,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Server pings (the hub's beat ticks at it); also how long a catch-up may take.
     pub ping_interval: Duration,
+    /// `--max-connections`: a session gives its slot back when it is dropped.
+    pub slots: Arc<Semaphore>,
 }
 
 /// An answered handshake, handed to [`serve_client`] in one box: the client's task holds a
@@ -75,7 +75,7 @@ pub struct Start {
     pub on_upgrade: OnUpgrade,
     pub ws_config: WebSocketConfig,
     pub membership: Membership,
-    pub cx: Context,
+    pub cx: Arc<Context>,
     pub peer: SocketAddr,
     pub user: Option<String>,
     pub v1: bool,
@@ -111,39 +111,46 @@ pub async fn serve_client(start: Box<Start>) {
 type Step = Result<(), CloseReason>;
 
 /// One connected client: owns its socket, its queue, its positions and its shutdown signal.
+///
+/// Every idle client holds one, inside its task's cell (tokio rounds the cell up to 128
+/// bytes), so its fields are kept narrow: the context is one pointer shared by all sessions,
+/// the connection gauge and the `--max-connections` slot are given back in `Drop` rather than
+/// held as guards, ticks are counted in 32 bits, and the stall flag lives in the socket.
 pub struct Session {
     ws: Ws,
-    stall: StallFlag,
     /// Leaves the hub's groups when the session is dropped; holds the client's queue.
     membership: Membership,
     positions: Positions,
     /// Broker, metrics and settings shared by every session.
-    cx: Shared,
-    peer: SocketAddr,
-    v1: bool,
+    cx: Arc<Context>,
+    peer: Peer,
     /// Pings, the broker's link and shutdown ([`crate::hub::Beat`]).
     heart: Heart,
-    /// The last ping tick acted on.
-    tick: u64,
-    /// The link as this client last saw it: its generation is the one it is caught up to
-    /// (only `taskstream.v1` clients follow the link).
-    link: Link,
-    last_seen: Instant,
-    /// Pong bytes owed since our writes stalled.
-    owed: usize,
-    /// With history, v1 clients hold live events from a lost link until its catch-up.
-    hold_on_loss: bool,
+    /// The link as this client last saw it: its generation (low 32 bits) is the one it is
+    /// caught up to (only `taskstream.v1` clients follow the link).
+    link_generation: u32,
+    link_up: bool,
+    /// The last ping tick acted on (its low 32 bits, compared wrapping).
+    tick: u32,
+    /// The ping tick current when the client last sent a frame.
+    seen: u32,
+    /// Pong bytes owed since our writes stalled (at most [`OWED_LIMIT`] before the close).
+    owed: u32,
+    v1: bool,
+    /// A beat came in while the session waited on something else (see [`Heart::shutdown`]).
+    pending: bool,
+    /// Live events wait in the queue: with history, v1 clients hold them from a lost link
+    /// until its catch-up ([`holds_on_loss`]).
     held: bool,
-    /// Counts this client in `taskstream_connections` for as long as the session lives.
-    _connected: Connected,
-    _permit: OwnedSemaphorePermit,
 }
 
-/// The parts of a [`Context`] every session keeps.
-struct Shared {
-    broker: Arc<Broker>,
-    metrics: Arc<Metrics>,
-    ping_interval: Duration,
+/// Counts the client out of `taskstream_connections` and gives its `--max-connections` slot
+/// back, however the session ended.
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.cx.metrics.connections.dec();
+        self.cx.slots.add_permits(1);
+    }
 }
 
 impl Session {
@@ -170,10 +177,10 @@ impl Session {
                 return None;
             }
         };
-        let (io, stall) = Stall::new(TokioIo::new(upgraded));
+        let io = Stall::new(TokioIo::new(upgraded));
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
         debug!(%peer, user = user.as_deref().unwrap_or("-"), groups = ?membership.groups(), "client connected");
-        let mut session = Self::new(ws, stall, membership, cx, peer, v1, permit);
+        let mut session = Self::new(ws, membership, cx, peer, v1, permit);
         let started = match session.place(placed).await {
             Ok(()) => session.resume(resume, confirmed).await,
             Err(reason) => Err(reason),
@@ -188,55 +195,41 @@ impl Session {
         }
     }
 
-    /// Takes over an upgraded client: counted as connected from here until it is dropped.
+    /// Takes over an upgraded client: counted as connected from here until it is dropped,
+    /// and holds its slot until then (given back in `Drop`).
     fn new(
         ws: Ws,
-        stall: StallFlag,
         membership: Membership,
-        cx: Context,
+        cx: Arc<Context>,
         peer: SocketAddr,
         v1: bool,
         permit: OwnedSemaphorePermit,
     ) -> Self {
-        let Context {
-            broker,
-            metrics,
-            ping_interval,
-        } = cx;
-        let connected = Connected::new(metrics.connections.clone());
+        permit.forget();
+        cx.metrics.connections.inc();
         let beat = membership.beat();
         let now = *beat.borrow();
         // v1 clients are caught up (or reset) when the broker re-made a lost subscription. With
         // history they also hold live events from the loss until then, so that no event
         // published after the new subscription reaches them before the ones the catch-up
         // recovers.
-        let hold_on_loss = v1 && broker.history().is_some();
-        let held = hold_on_loss && !now.link.up;
+        let held = holds_on_loss(v1, &cx) && !now.link.up;
         Self {
             ws,
-            stall,
             membership,
             positions: Positions::default(),
-            cx: Shared {
-                broker,
-                metrics,
-                ping_interval,
-            },
-            peer,
-            v1,
-            heart: Heart {
-                rx: beat,
-                // Shutting down already: the loop closes the client first thing.
-                pending: now.shutdown,
-            },
-            tick: now.tick,
-            link: now.link,
-            last_seen: Instant::now(),
+            cx,
+            peer: Peer(peer.ip(), peer.port()),
+            heart: Heart { rx: beat },
+            link_generation: now.link.generation as u32,
+            link_up: now.link.up,
+            tick: now.tick as u32,
+            seen: now.tick as u32,
             owed: 0,
-            hold_on_loss,
+            v1,
+            // Shutting down already: the loop closes the client first thing.
+            pending: now.shutdown,
             held,
-            _connected: connected,
-            _permit: permit,
         }
     }
 
@@ -248,7 +241,7 @@ impl Session {
         }
         let sent = tokio::select! {
             r = tokio::time::timeout(self.cx.ping_interval, catchup::place(&mut self.ws, &self.cx.metrics, placed, &mut self.positions)) => r,
-            _ = self.heart.shutdown() => Ok(Err(WsError::ConnectionClosed)),
+            _ = self.heart.shutdown(&mut self.pending) => Ok(Err(WsError::ConnectionClosed)),
         };
         caught_up_or_close(&mut self.ws, sent, self.peer).await
     }
@@ -260,7 +253,7 @@ impl Session {
         }
         let caught_up = tokio::select! {
             r = tokio::time::timeout(self.cx.ping_interval, catchup::resume(&mut self.ws, &self.cx.broker, &self.cx.metrics, resume, confirmed, &mut self.positions)) => r,
-            _ = self.heart.shutdown() => Ok(Err(WsError::ConnectionClosed)),
+            _ = self.heart.shutdown(&mut self.pending) => Ok(Err(WsError::ConnectionClosed)),
         };
         caught_up_or_close(&mut self.ws, caught_up, self.peer).await
     }
@@ -280,7 +273,7 @@ impl Session {
                 let _ = Box::pin(self.on_shutdown()).await;
                 return CloseReason::Shutdown;
             };
-            if (std::mem::take(&mut self.heart.pending) || changed)
+            if (std::mem::take(&mut self.pending) || changed)
                 && let Err(reason) = Box::pin(self.on_beat()).await
             {
                 return reason;
@@ -307,11 +300,13 @@ impl Session {
         if now.shutdown {
             return self.on_shutdown().await;
         }
-        if self.v1 && now.link != self.link {
+        if self.v1
+            && (now.link.up != self.link_up || now.link.generation as u32 != self.link_generation)
+        {
             self.on_link(now.link).await?;
         }
-        if now.tick != self.tick {
-            self.tick = now.tick;
+        if now.tick as u32 != self.tick {
+            self.tick = now.tick as u32;
             self.on_ping().await?;
         }
         Ok(())
@@ -338,13 +333,13 @@ impl Session {
                 return Err(CloseReason::Client);
             }
             Some(Ok(Message::Ping(p))) => {
-                self.last_seen = Instant::now();
-                if !self.stall.is_stalled() {
+                self.seen = self.heart.now_tick();
+                if !self.ws.get_ref().is_stalled() {
                     self.owed = 0;
                     return Ok(());
                 }
-                self.owed += p.len() + 2;
-                if self.owed <= OWED_LIMIT {
+                self.owed = self.owed.saturating_add(p.len() as u32 + 2);
+                if self.owed as usize <= OWED_LIMIT {
                     return Ok(());
                 }
                 info!(%peer, owed = self.owed, "closing a client that pings but does not read (its pongs would pile up)");
@@ -355,7 +350,7 @@ impl Session {
                 )
             }
             Some(Ok(_)) => {
-                self.last_seen = Instant::now();
+                self.seen = self.heart.now_tick();
                 return Ok(());
             }
             Some(Err(WsError::Capacity(e))) => {
@@ -393,15 +388,15 @@ impl Session {
 
     /// The broker's subscription link went down or came back: hold, or catch up.
     async fn on_link(&mut self, now: Link) -> Step {
-        self.held = self.hold_on_loss && !now.up;
-        self.link.up = now.up;
-        if !now.up || now.generation == self.link.generation {
+        self.held = holds_on_loss(self.v1, &self.cx) && !now.up;
+        self.link_up = now.up;
+        if !now.up || now.generation as u32 == self.link_generation {
             return Ok(());
         }
-        self.link.generation = now.generation;
+        self.link_generation = now.generation as u32;
         let caught_up = tokio::select! {
             r = tokio::time::timeout(self.cx.ping_interval, catchup::catch_up(&mut self.ws, &self.cx.broker, &self.cx.metrics, self.membership.groups(), &mut self.positions)) => r,
-            _ = self.heart.shutdown() => Ok(Err(WsError::ConnectionClosed)),
+            _ = self.heart.shutdown(&mut self.pending) => Ok(Err(WsError::ConnectionClosed)),
         };
         caught_up_or_close(&mut self.ws, caught_up, self.peer).await
     }
@@ -418,6 +413,7 @@ impl Session {
                 membership,
                 positions,
                 heart,
+                pending,
                 v1,
                 ..
             } = self;
@@ -449,7 +445,7 @@ impl Session {
                         tokio::select! {
                             r = write => Ok(r),
                             _ = queue.lagged() => Err(Ended::Lagged),
-                            _ = heart.shutdown() => Err(Ended::Shutdown),
+                            _ = heart.shutdown(pending) => Err(Ended::Shutdown),
                         }
                     })
                     .await
@@ -466,8 +462,11 @@ impl Session {
     /// Our ping: drops a client silent for two intervals, or one that does not take the ping.
     async fn on_ping(&mut self) -> Step {
         let interval = self.cx.ping_interval;
-        if self.last_seen.elapsed() > interval * 2 {
-            info!(peer = %self.peer, silent_for = ?self.last_seen.elapsed(), "dropping a client silent for two ping intervals");
+        // `seen` is the last tick before the client's last frame, so three ticks since then
+        // mean more than two intervals of silence (between two and three).
+        let silent = self.tick.wrapping_sub(self.seen);
+        if silent > 2 {
+            info!(peer = %self.peer, silent_for = ?interval * silent, "dropping a client silent for two ping intervals");
             return Err(CloseReason::Timeout);
         }
         let sent =
@@ -487,19 +486,20 @@ fn frame(v1: bool, ev: &Event, positions: &mut Positions) -> Option<Utf8Bytes> {
     positions.admit(ev).then(|| ev.v1_frame().clone())
 }
 
-/// `taskstream_connections` up while it lives: the one place it goes down again.
-struct Connected(Gauge);
-
-impl Connected {
-    fn new(gauge: Gauge) -> Self {
-        gauge.inc();
-        Self(gauge)
-    }
+/// Whether a client holds live events from a lost link until its catch-up: v1 clients, with
+/// history. (Asked when the link changes, not kept: every byte of an idle session counts.)
+fn holds_on_loss(v1: bool, cx: &Context) -> bool {
+    v1 && cx.broker.history().is_some()
 }
 
-impl Drop for Connected {
-    fn drop(&mut self) {
-        self.0.dec();
+/// A client's address for the logs, in 20 bytes: a `SocketAddr` takes 32 (IPv6's flow label
+/// and scope), in every idle session.
+#[derive(Clone, Copy)]
+pub(super) struct Peer(IpAddr, u16);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        SocketAddr::new(self.0, self.1).fmt(f)
     }
 }
 

@@ -10,46 +10,33 @@
 //! tungstenite answers every client ping with a pong on its own. A client that sends pings and
 //! never reads would make those pongs pile up; the write buffer is bounded, so tungstenite then
 //! keeps only the newest pong, and the session uses [`Stall::is_stalled`] to count what the client
-//! is owed and close it once that passes a bound, instead of serving it forever.
+//! is owed and close it once that passes a bound, instead of serving it forever. The flag lives
+//! in the socket itself (the session reads it through the WebSocket's `get_ref`): no shared
+//! allocation per client.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Wraps a client's byte stream; cloning the [`StallFlag`] lets the session read the state.
+/// Wraps a client's byte stream and remembers whether the last write to it could not go out
+/// (its receive window is full).
 pub struct Stall<S> {
     inner: S,
-    flag: StallFlag,
-}
-
-/// Whether the last write to the client could not go out (its receive window is full).
-#[derive(Clone, Default)]
-pub struct StallFlag(Arc<AtomicBool>);
-
-impl StallFlag {
-    pub fn is_stalled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-
-    fn set(&self, stalled: bool) {
-        self.0.store(stalled, Ordering::Relaxed);
-    }
+    stalled: bool,
 }
 
 impl<S> Stall<S> {
-    pub fn new(inner: S) -> (Self, StallFlag) {
-        let flag = StallFlag::default();
-        (
-            Self {
-                inner,
-                flag: flag.clone(),
-            },
-            flag,
-        )
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            stalled: false,
+        }
+    }
+
+    pub fn is_stalled(&self) -> bool {
+        self.stalled
     }
 }
 
@@ -70,7 +57,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Stall<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.flag.set(r.is_pending());
+        self.stalled = r.is_pending();
         r
     }
 
@@ -88,7 +75,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Stall<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.flag.set(r.is_pending());
+        self.stalled = r.is_pending();
         r
     }
 
@@ -106,18 +93,18 @@ mod tests {
     #[tokio::test]
     async fn a_full_peer_marks_the_stream_stalled_and_progress_clears_it() {
         let (a, mut b) = tokio::io::duplex(64);
-        let (mut a, flag) = Stall::new(a);
+        let mut a = Stall::new(a);
         a.write_all(&[0; 64]).await.unwrap();
-        assert!(!flag.is_stalled());
+        assert!(!a.is_stalled());
         // The pipe is full: the next write cannot complete.
         assert!(a.write(&[1; 8]).now_or_never().is_none());
-        assert!(flag.is_stalled());
+        assert!(a.is_stalled());
         // The peer reads: writing goes through again.
         let mut sink = vec![0; 64];
         tokio::io::AsyncReadExt::read_exact(&mut b, &mut sink)
             .await
             .unwrap();
         a.write_all(&[2; 8]).await.unwrap();
-        assert!(!flag.is_stalled());
+        assert!(!a.is_stalled());
     }
 }

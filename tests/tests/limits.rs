@@ -1,5 +1,7 @@
 //! Holding up under bad clients: slow readers, oversized frames, too many clients, silence.
 
+use std::time::Duration;
+
 use futures_util::StreamExt;
 use taskstream_tests::eventually;
 use taskstream_tests::redis_server::RedisServer;
@@ -124,6 +126,7 @@ async fn a_silent_client_is_dropped_after_two_ping_intervals() {
     let redis = RedisServer::start().await;
     let app = App::start().await;
     let sc = sidecar(&redis, &app, &["--ping-interval", "200ms"]).await;
+    let connected = std::time::Instant::now();
     let _silent = connect(&sc.ws_url("groups=g")).await; // never reads, so never answers pings
     let mut alive = connect(&sc.ws_url("groups=g")).await;
     // The live client keeps reading, so its library answers every ping.
@@ -142,6 +145,12 @@ async fn a_silent_client_is_dropped_after_two_ping_intervals() {
             .then_some(())
     })
     .await;
+    // Not before: silent for more than two intervals (the session counts the beat's ticks).
+    assert!(
+        connected.elapsed() > Duration::from_millis(400),
+        "dropped after {:?}, before two ping intervals of silence",
+        connected.elapsed()
+    );
     assert_eq!(sc.metric("taskstream_connections").await, 1.0);
     redis.publish("taskstream:g", "alive").await;
     let got = tokio::time::timeout(taskstream_tests::WAIT, rx.recv())

@@ -4,7 +4,7 @@
 //! clock task: one tick per interval/SHARDS --> shard k: tick += 1 --+
 //! Hub::link_lost / Hub::resubscribed --------> every shard: link ---+--> watch<Beat> x SHARDS
 //! shutdown token cancelled ------------------> every shard: down ---+        |
-//!                                                         session (shard = its id % SHARDS)
+//!                                                 session (shard = its join order % SHARDS)
 //! ```
 //!
 //! One timer for all clients instead of a boxed timer entry per client, and one watch receiver

@@ -1,7 +1,5 @@
 //! How a session ends: the close frame, bounded in time, for each reason.
 
-use std::net::SocketAddr;
-
 use futures_util::SinkExt;
 
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -9,7 +7,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, info};
 
-use super::{CLOSE_TIMEOUT, Session, Step};
+use super::{CLOSE_TIMEOUT, Peer, Session, Step};
 use crate::metrics::CloseReason;
 
 /// Why a live write ended the session.
@@ -63,7 +61,7 @@ impl Session {
 pub(super) async fn caught_up_or_close<S>(
     sink: &mut S,
     outcome: Result<Result<(), WsError>, tokio::time::error::Elapsed>,
-    peer: SocketAddr,
+    peer: Peer,
 ) -> Step
 where
     S: futures_util::Sink<Message> + Unpin,

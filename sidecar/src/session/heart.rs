@@ -7,19 +7,22 @@ use crate::hub::Beat;
 /// A session's end of its beat.
 pub(super) struct Heart {
     pub(super) rx: watch::Receiver<Beat>,
-    /// A beat came in while the session waited on something else (see [`Heart::shutdown`]).
-    pub(super) pending: bool,
 }
 
 impl Heart {
+    /// The beat's tick now (its low 32 bits), whether or not the session has acted on it.
+    pub(super) fn now_tick(&self) -> u32 {
+        self.rx.borrow().tick as u32
+    }
+
     /// Resolves once the server shuts down. Any other beat meanwhile (a ping tick, the link)
-    /// is noted as pending for the event loop, which acts on it once the wait is over.
-    pub(super) async fn shutdown(&mut self) {
+    /// is noted in `pending` for the event loop, which acts on it once the wait is over.
+    pub(super) async fn shutdown(&mut self, pending: &mut bool) {
         loop {
             if self.rx.changed().await.is_err() {
                 return; // the hub is gone, so is the server
             }
-            self.pending = true;
+            *pending = true;
             if self.rx.borrow().shutdown {
                 return;
             }
