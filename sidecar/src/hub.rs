@@ -28,6 +28,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 pub use self::beat::Beat;
 use crate::broker::id::StreamId;
 use crate::metrics::{DropReason, Metrics};
+
+use self::members::Members;
 use crate::protocol;
 
 /// The broker's subscription link, as sessions see it.
@@ -70,7 +72,7 @@ impl Event {
 
 /// Group -> local subscribers.
 pub struct Hub {
-    groups: RwLock<HashMap<String, Group>>,
+    groups: RwLock<HashMap<Arc<str>, Group>>,
     /// The broker links, told which groups were created or removed.
     listeners: changes::Listeners,
     /// The sessions' beat ([`beat`]): pings, shutdown, and the broker's subscription link
@@ -88,14 +90,10 @@ pub struct Hub {
 }
 
 struct Group {
-    subscribers: Vec<Subscriber>,
+    /// One member inline (most groups), a list from the second on.
+    subscribers: Members<Queue>,
     /// The broker confirmed the subscription; events published from now on arrive.
     confirmed: bool,
-}
-
-/// A client in a group's list, known by its queue (no id: one word per membership).
-struct Subscriber {
-    queue: Arc<Queue>,
 }
 
 /// One client's bounded event queue.
@@ -197,8 +195,9 @@ impl Queue {
 /// A client's place in the hub; leaving the hub happens on drop.
 pub struct Membership {
     hub: Arc<Hub>,
-    /// Exact size: a `Vec`'s capacity word would sit in every idle session.
-    groups: Box<[String]>,
+    /// The hub's own keys (shared with every client of the group), in an exact-size slice: a
+    /// `Vec`'s capacity word would sit in every idle session.
+    groups: Box<[Arc<str>]>,
     /// Events for this client, in publish order.
     pub queue: Arc<Queue>,
 }
@@ -222,48 +221,52 @@ impl Hub {
         // Clients take the beat's shards in turn.
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::new(Queue::new(self.queue, (id % beat::SHARDS as u64) as u8));
-        let mut added: Vec<&str> = Vec::new();
+        // The client's names are the map's keys: one allocation per group, however many
+        // clients it has.
+        let mut names: Vec<Arc<str>> = Vec::with_capacity(groups.len());
+        let mut added: Vec<usize> = Vec::new();
         {
             let mut map = self.groups.write().unwrap_or_else(|e| e.into_inner());
-            for g in &groups {
-                let subscriber = Subscriber {
-                    queue: queue.clone(),
-                };
-                if let Some(entry) = map.get_mut(g.as_str()) {
-                    entry.subscribers.push(subscriber);
+            for g in groups {
+                if let Some(name) = map.get_key_value(g.as_str()).map(|(k, _)| k.clone()) {
+                    if let Some(entry) = map.get_mut(&*name) {
+                        entry.subscribers.add(queue.clone());
+                    }
+                    names.push(name);
                     continue;
                 }
-                added.push(g);
+                let name: Arc<str> = g.into();
                 map.insert(
-                    g.clone(),
+                    name.clone(),
                     Group {
-                        // Room for one: most groups (every `user:{sub}`) have one member.
-                        subscribers: vec![subscriber],
+                        subscribers: Members::One(queue.clone()),
                         confirmed: self.auto_confirm,
                     },
                 );
+                added.push(names.len());
+                names.push(name);
             }
             self.metrics.groups_subscribed.set(map.len() as i64);
         }
-        self.listeners.tell(&added);
+        let created: Vec<&str> = added.iter().map(|&i| &*names[i]).collect();
+        self.listeners.tell(&created);
         Membership {
             hub: self.clone(),
-            groups: groups.into_boxed_slice(),
+            groups: names.into_boxed_slice(),
             queue,
         }
     }
 
-    fn leave(&self, queue: &Arc<Queue>, groups: &[String]) {
+    fn leave(&self, queue: &Arc<Queue>, groups: &[Arc<str>]) {
         let mut removed: Vec<&str> = Vec::new();
         {
             let mut map = self.groups.write().unwrap_or_else(|e| e.into_inner());
             for g in groups {
-                if let Some(entry) = map.get_mut(g) {
-                    entry.subscribers.retain(|s| !Arc::ptr_eq(&s.queue, queue));
-                    if entry.subscribers.is_empty() {
-                        map.remove(g);
-                        removed.push(g);
-                    }
+                if let Some(entry) = map.get_mut(&**g)
+                    && !entry.subscribers.remove(queue)
+                {
+                    map.remove(&**g);
+                    removed.push(g);
                 }
             }
             self.metrics.groups_subscribed.set(map.len() as i64);
@@ -296,11 +299,11 @@ impl Hub {
         };
         let event = Event::new(group, id, payload);
         let mut delivered = 0;
-        for s in &entry.subscribers {
-            if s.queue.is_lagged() {
+        for queue in entry.subscribers.iter() {
+            if queue.is_lagged() {
                 continue;
             }
-            if s.queue.push(&event) {
+            if queue.push(&event) {
                 delivered += 1;
             } else {
                 self.metrics.dropped(DropReason::SlowClient);
@@ -317,7 +320,10 @@ impl Hub {
     /// connect; in no particular order).
     pub fn wanted(&self, keep: impl Fn(&str) -> bool) -> Vec<String> {
         let map = self.groups.read().unwrap_or_else(|e| e.into_inner());
-        map.keys().filter(|g| keep(g)).cloned().collect()
+        map.keys()
+            .filter(|g| keep(g))
+            .map(|g| g.to_string())
+            .collect()
     }
 
     /// From now on, the groups created or removed are told to the returned [`Changes`] (one per
@@ -332,7 +338,9 @@ impl Hub {
         groups: impl IntoIterator<Item = String>,
     ) -> (Vec<String>, Vec<String>) {
         let map = self.groups.read().unwrap_or_else(|e| e.into_inner());
-        groups.into_iter().partition(|g| map.contains_key(g))
+        groups
+            .into_iter()
+            .partition(|g| map.contains_key(g.as_str()))
     }
 
     /// Marks the broker subscription of `groups` as live (or not, after a disconnect). Going
@@ -345,10 +353,10 @@ impl Hub {
                 continue;
             };
             if live && !entry.confirmed {
-                for s in &entry.subscribers {
+                for queue in entry.subscribers.iter() {
                     // The sessions' queue readers look at the queue before they wait, so this
                     // extra wake-up costs them nothing.
-                    s.queue.ready.notify_one();
+                    queue.ready.notify_one();
                 }
             }
             entry.confirmed = live;
@@ -377,11 +385,11 @@ impl Hub {
         self.beat.subscribe(id)
     }
 
-    fn all_confirmed(&self, groups: &[String]) -> bool {
+    fn all_confirmed(&self, groups: &[Arc<str>]) -> bool {
         let map = self.groups.read().unwrap_or_else(|e| e.into_inner());
         groups
             .iter()
-            .all(|g| map.get(g).is_some_and(|entry| entry.confirmed))
+            .all(|g| map.get(&**g).is_some_and(|entry| entry.confirmed))
     }
 }
 
@@ -404,7 +412,7 @@ impl Membership {
         tokio::time::timeout(timeout, confirmed).await.is_ok()
     }
 
-    pub fn groups(&self) -> &[String] {
+    pub fn groups(&self) -> &[Arc<str>] {
         &self.groups
     }
 }
@@ -417,5 +425,6 @@ impl Drop for Membership {
 
 pub mod beat;
 mod changes;
+mod members;
 #[cfg(test)]
 mod tests;

@@ -16,6 +16,7 @@
 //! a lost subscription, sessions (with history) hold their live events from the loss until the
 //! catch-up, so nothing published after the new subscription overtakes what it recovers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt};
@@ -152,7 +153,7 @@ pub enum Placed {
 pub async fn read_positions(
     broker: &Broker,
     v1: bool,
-    groups: &[String],
+    groups: &[Arc<str>],
     resumed: &[(String, StreamId)],
     confirmed: bool,
     timeout: Duration,
@@ -162,7 +163,7 @@ pub async fn read_positions(
     }
     let unplaced: Vec<&str> = groups
         .iter()
-        .map(String::as_str)
+        .map(|g| &**g)
         .filter(|g| !resumed.iter().any(|(r, _)| r == g))
         .collect();
     if unplaced.is_empty() {
@@ -227,7 +228,7 @@ pub async fn catch_up<S>(
     sink: &mut S,
     broker: &Broker,
     metrics: &Metrics,
-    groups: &[String],
+    groups: &[Arc<str>],
     positions: &mut Positions,
 ) -> Result<(), WsError>
 where
@@ -331,7 +332,7 @@ mod tests {
             let p = broker.publish(g, Bytes::from(payload.to_string())).await;
             ids.extend(p.expect("memory publish").id);
         }
-        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        let groups: Vec<Arc<str>> = groups.iter().map(|&g| g.into()).collect();
         let mut sink = Vec::<Message>::new().sink_map_err(|e: std::convert::Infallible| match e {});
         let mut positions = Positions::default();
         let wait = std::time::Duration::from_secs(5);
