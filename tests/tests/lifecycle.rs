@@ -101,11 +101,22 @@ fn secrets_are_not_echoed_in_config_errors() {
     );
 }
 
+/// The real binary with `flags`, once its `/readyz` answers 200.
+async fn spawn_ready(flags: &[&str]) -> SidecarProcess {
+    let sc = SidecarProcess::spawn(flags).await;
+    let admin = sc.admin;
+    taskstream_tests::eventually("ready", || async move {
+        (http_get(&format!("http://{admin}/readyz")).await.0 == 200).then_some(())
+    })
+    .await;
+    sc
+}
+
 #[tokio::test]
 async fn sigterm_closes_clients_with_1001_drains_requests_and_exits_0() {
     let redis = RedisServer::start().await;
     let app = App::start().await;
-    let mut sc = SidecarProcess::spawn(&[
+    let mut sc = spawn_ready(&[
         "--auth",
         "none",
         "--redis-url",
@@ -115,11 +126,6 @@ async fn sigterm_closes_clients_with_1001_drains_requests_and_exits_0() {
         "--shutdown-grace",
         "5s",
     ])
-    .await;
-    let admin = sc.admin;
-    taskstream_tests::eventually("ready", || async move {
-        (http_get(&format!("http://{admin}/readyz")).await.0 == 200).then_some(())
-    })
     .await;
     let mut a = connect(&ws_url(sc.public, "groups=g")).await;
     let mut b = connect(&ws_url(sc.public, "groups=h")).await;
@@ -148,7 +154,7 @@ async fn sigterm_closes_clients_with_1001_drains_requests_and_exits_0() {
 #[tokio::test]
 async fn pings_and_shutdown_reach_a_client_whose_events_never_stop() {
     let redis = RedisServer::start().await;
-    let mut sc = SidecarProcess::spawn(&[
+    let mut sc = spawn_ready(&[
         "--auth",
         "none",
         "--redis-url",
@@ -158,11 +164,6 @@ async fn pings_and_shutdown_reach_a_client_whose_events_never_stop() {
         "--send-queue",
         "65536",
     ])
-    .await;
-    let admin = sc.admin;
-    taskstream_tests::eventually("ready", || async move {
-        (http_get(&format!("http://{admin}/readyz")).await.0 == 200).then_some(())
-    })
     .await;
     // The handshake answers once the subscription is confirmed: event 0 is the first one.
     let mut ws = connect(&ws_url(sc.public, "groups=g")).await;
