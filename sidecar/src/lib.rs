@@ -168,16 +168,14 @@ pub async fn run(
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin, admin_stop.clone()));
 
-    let slots = Arc::new(Semaphore::new(config.max_connections));
     let metrics = Arc::new(metrics);
     let sessions = Arc::new(session::Context {
         broker: broker.clone(),
         metrics: metrics.clone(),
         ping_interval: config.ping_interval,
-        slots: slots.clone(),
+        slots: Arc::new(Semaphore::new(config.max_connections)),
     });
     let shared = Arc::new(Shared {
-        slots,
         sessions,
         config,
         hub,

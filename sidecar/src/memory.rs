@@ -12,14 +12,14 @@
 //!     waits for the first churn, then until none came for QUIET, then trims once
 //! ```
 //!
-//! The trim runs on its own thread because it walks and locks every arena (a few ms at 20k
-//! clients): no runtime worker stalls, and while a burst goes on nothing is trimmed. Signals
+//! The trim runs on its own thread because it walks and locks every arena (about 0.2 ms at 19k
+//! clients, more with a larger heap): no runtime worker stalls, and while a burst goes on nothing is trimmed. Signals
 //! are dropped when one is already waiting, so the channel holds at most one and costs a
 //! `try_send` per ended connection. Elsewhere than glibc (musl, macOS) the allocator returns
 //! memory itself or has no such call, and nothing runs.
 
 use std::sync::OnceLock;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use tracing::debug;
@@ -48,10 +48,8 @@ pub fn churned() {
         }
     });
     if let Some(tx) = tx {
-        match tx.try_send(()) {
-            Ok(()) | Err(TrySendError::Full(())) => {}
-            Err(TrySendError::Disconnected(())) => {}
-        }
+        // Full: a signal already waits, which says the same.
+        let _ = tx.try_send(());
     }
 }
 

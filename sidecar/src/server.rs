@@ -17,7 +17,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
@@ -55,8 +54,8 @@ pub struct Shared {
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
-    pub slots: Arc<Semaphore>,
-    /// What every session is given (one allocation for all of them).
+    /// What every session is given (one allocation for all of them), `--max-connections`'
+    /// slots included.
     pub sessions: Arc<session::Context>,
     /// Cancelled on shutdown: sessions send 1001, HTTP connections finish and close.
     pub shutdown: CancellationToken,
@@ -191,7 +190,7 @@ async fn handshake(
             "missing Sec-WebSocket-Key",
         );
     };
-    let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+    let Ok(permit) = shared.sessions.slots.clone().try_acquire_owned() else {
         warn!(%peer, max = shared.config.max_connections, "connection limit reached; answering 503 (raise --max-connections or add replicas)");
         return reject(
             &shared,
